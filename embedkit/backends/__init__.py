@@ -1,0 +1,1 @@
+"""Core storage tiers for lookup tables."""

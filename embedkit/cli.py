@@ -1,0 +1,78 @@
+"""The ``embedkit`` command: LightningCLI (``fit``, ``validate``, ``test``, ``predict``) plus
+embedkit's own commands (``plugins``)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+
+import torch
+from jsonargparse import ArgumentParser
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from embedkit.cli_errors import explain
+from embedkit.commands import plugins as plugins_command
+from embedkit.data.datamodule import TextDataModule
+from embedkit.lm import LanguageModel
+
+# name -> (one-line help, parser builder, runner); dispatched before LightningCLI parses.
+COMMANDS: dict[str, tuple[str, Callable[[], ArgumentParser], Callable]] = {
+    "plugins": (plugins_command.HELP, plugins_command.build_parser, plugins_command.run),
+}
+
+
+class EmbedkitArgumentParser(LightningArgumentParser):
+    """Lightning's parser whose errors about unknown implementations list the registered ones."""
+
+    def error(self, message: str, *args, **kwargs):
+        return super().error(explain(message), *args, **kwargs)
+
+
+def default_precision() -> str:
+    """bf16 mixed precision where the accelerator has it, fp32 elsewhere."""
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16-mixed"
+    return "32-true"
+
+
+class EmbedkitCLI(LightningCLI):
+    """LightningCLI over ``LanguageModel`` and ``TextDataModule`` with run-time links."""
+
+    def init_parser(self, **kwargs) -> LightningArgumentParser:
+        return EmbedkitArgumentParser(**kwargs)
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.link_arguments(
+            "data.vocab_size", "model.decoder.init_args.vocab_size", apply_on="instantiate"
+        )
+
+    def _add_subcommands(self, parser: LightningArgumentParser, **kwargs) -> None:
+        super()._add_subcommands(parser, **kwargs)
+        subcommands = parser._subcommands_action
+        for name, (help_text, build, _) in COMMANDS.items():
+            subcommands.add_subcommand(name, build(), help=help_text)
+
+
+def run_cli(args: Sequence[str] | None = None) -> EmbedkitCLI:
+    """Run LightningCLI with embedkit's model, data module and defaults."""
+    return EmbedkitCLI(
+        LanguageModel,
+        TextDataModule,
+        trainer_defaults={"precision": default_precision()},
+        parser_kwargs={"default_env": False},
+        args=args,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the ``embedkit`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in COMMANDS:
+        _, build, run = COMMANDS[argv[0]]
+        run(build().parse_args(argv[1:]))
+        return
+    run_cli(argv)
+
+
+if __name__ == "__main__":
+    main()

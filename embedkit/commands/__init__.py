@@ -1,0 +1,1 @@
+"""embedkit's own commands beside LightningCLI's."""

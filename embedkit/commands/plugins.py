@@ -1,0 +1,43 @@
+"""``embedkit plugins``: every registered implementation, per interface."""
+
+from __future__ import annotations
+
+from jsonargparse import ArgumentParser, Namespace
+from rich.console import Console
+from rich.table import Table
+
+from embedkit import registry
+
+HELP = "List registered implementations of every interface (imports each plugin)."
+
+
+def build_parser() -> ArgumentParser:
+    """Arguments of ``embedkit plugins``."""
+    parser = ArgumentParser(prog="embedkit plugins", description=HELP)
+    parser.add_argument("--interface", type=str | None, default=None, help="Only this interface.")
+    return parser
+
+
+def first_doc_line(cls: type) -> str:
+    """The first line of a class docstring, or an empty string."""
+    doc = (cls.__doc__ or "").strip()
+    return doc.splitlines()[0] if doc else ""
+
+
+def run(args: Namespace) -> None:
+    """Print a table: interface, short name, class path, package, summary."""
+    interfaces = registry.known_interfaces()
+    if args.interface is not None and args.interface not in interfaces:
+        raise SystemExit(
+            f"--interface={args.interface!r} is not an interface; valid: {', '.join(interfaces)}"
+        )
+    table = Table(title="embedkit plugins")
+    for column in ("interface", "short name", "class path", "package", "summary"):
+        table.add_column(column, overflow="fold")
+    for spec in registry.specs(args.interface):
+        try:
+            summary = first_doc_line(spec.load())
+        except (ImportError, TypeError, ValueError) as err:
+            summary = f"[red]failed to load: {err}[/red]"
+        table.add_row(spec.interface, spec.short_name, spec.class_path, spec.package, summary)
+    Console().print(table)

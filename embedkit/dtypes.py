@@ -1,0 +1,30 @@
+"""Table element types by name, as recipes and stored manifests spell them."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+DTypeName = Literal["float32", "bfloat16", "float16"]
+
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+
+
+def dtype_from_name(name: str, *, field: str = "dtype") -> torch.dtype:
+    """The torch dtype called ``name``; a ``ValueError`` naming ``field`` for anything else."""
+    if name not in DTYPES:
+        raise ValueError(f"{field}={name!r} is not a table dtype; valid: {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """The recipe spelling of ``dtype``."""
+    for name, value in DTYPES.items():
+        if value == dtype:
+            return name
+    raise ValueError(f"dtype {dtype} is not a table dtype; valid: {', '.join(DTYPES)}")

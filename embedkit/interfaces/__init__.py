@@ -1,0 +1,19 @@
+"""The interfaces every embedkit component implements (see docs/architecture.md)."""
+
+from embedkit.interfaces.backend import EmbeddingBackend, RowsHandle
+from embedkit.interfaces.feed_forward import FeedForward
+from embedkit.interfaces.input_embedding import InputEmbedding
+from embedkit.interfaces.router import Router, Routes
+from embedkit.interfaces.sublayer import Sublayer
+from embedkit.interfaces.vocab import VocabExtension
+
+__all__ = [
+    "EmbeddingBackend",
+    "FeedForward",
+    "InputEmbedding",
+    "Router",
+    "Routes",
+    "RowsHandle",
+    "Sublayer",
+    "VocabExtension",
+]

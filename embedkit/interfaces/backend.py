@@ -1,0 +1,67 @@
+"""``EmbeddingBackend``: where a [rows, dim] table lives and how its rows reach the compute device.
+
+Legend: N = number of requested rows, D = row width (``dim``).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+
+from embedkit.registry import PluginInterface
+
+
+class RowsHandle(ABC):
+    """An asynchronous gather in flight, returned by ``EmbeddingBackend.prefetch``."""
+
+    @abstractmethod
+    def wait(self) -> torch.Tensor:
+        """Block the current stream (not the host) until the rows are ready; return [N, D]."""
+
+
+class EmbeddingBackend(metaclass=PluginInterface):
+    """Storage of one lookup table: gather rows, prefetch them ahead of use, write them in bulk.
+
+    Implementations are created empty from ``(num_rows, dim, dtype)`` through their
+    constructor and, where the tier has persistent storage, opened from it with ``open``.
+    """
+
+    __plugin_interface__ = True
+
+    @property
+    @abstractmethod
+    def num_rows(self) -> int:
+        """Number of rows in the table."""
+
+    @property
+    @abstractmethod
+    def dim(self) -> int:
+        """Width of a row."""
+
+    @property
+    @abstractmethod
+    def dtype(self) -> torch.dtype:
+        """Element type of the stored rows (and of the gathered ones)."""
+
+    @property
+    @abstractmethod
+    def device(self) -> torch.device:
+        """Device on which gathered rows land."""
+
+    @abstractmethod
+    def gather(self, rows_N: torch.Tensor) -> torch.Tensor:
+        """Rows ``rows_N`` (int64, any order, repeats allowed) as a [N, dim] tensor on ``device``."""
+
+    @abstractmethod
+    def prefetch(self, rows_N: torch.Tensor) -> RowsHandle:
+        """Start gathering ``rows_N`` without waiting; the handle's ``wait()`` equals ``gather``."""
+
+    @abstractmethod
+    def write(self, start: int, values_ND: torch.Tensor) -> None:
+        """Overwrite rows ``start .. start + N - 1`` with ``values_ND``."""
+
+    @classmethod
+    @abstractmethod
+    def open(cls, location: str) -> EmbeddingBackend:
+        """Open an existing table stored at ``location`` (tiers without storage raise)."""

@@ -1,0 +1,134 @@
+"""``LanguageModel``: the LightningModule that trains and evaluates a ``Decoder``.
+
+Legend: B = batch, L = sequence length, D = model width, V = vocabulary size.
+"""
+
+from __future__ import annotations
+
+import time
+from functools import partial
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch.optim.lr_scheduler import LambdaLR
+
+from embedkit.metrics import SummedPerplexity
+from embedkit.model.decoder import Decoder
+from embedkit.schedule import warmup_cosine
+
+IGNORE_INDEX = -100
+
+
+class LanguageModel(L.LightningModule):
+    """Next-token training of a decoder with AdamW, linear warmup and cosine decay."""
+
+    def __init__(
+        self,
+        *,
+        decoder: Decoder,
+        lr: float = 3e-3,
+        weight_decay: float = 0.1,
+        betas: tuple[float, float] = (0.9, 0.95),
+        warmup_steps: int = 100,
+        min_lr_ratio: float = 0.1,
+    ) -> None:
+        """
+        Args:
+            decoder: The network: a ``Decoder`` with its feed-forward blocks, sublayers and
+                input embedding.
+            lr: Peak learning rate of AdamW.
+            weight_decay: Decoupled weight decay, applied to matrices only (not to norms,
+                embeddings or lookup tables).
+            betas: AdamW moment coefficients.
+            warmup_steps: Steps of linear warmup from 0 to ``lr``.
+            min_lr_ratio: Floor of the cosine decay as a fraction of ``lr``, reached at the last
+                step (``trainer.max_steps`` or the epochs' worth of steps).
+        """
+        super().__init__()
+        self.save_hyperparameters()
+        self.decoder = decoder
+        self.val_perplexity = SummedPerplexity()
+        self.test_perplexity = SummedPerplexity()
+        self.tokens_seen = 0
+        self._last_batch_end: float | None = None
+
+    def forward(self, ids_BL: torch.Tensor, features: dict | None = None) -> torch.Tensor:
+        """Logits [B, L, V] for token ids ``ids_BL``."""
+        return self.decoder.logits(self.decoder(ids_BL, features))
+
+    def _summed_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        ids_BL, targets_BL = batch["input_ids"], batch["targets"]
+        features = {k: v for k, v in batch.items() if k not in ("input_ids", "targets")}
+        logits_BLV = self(ids_BL, features)
+        nll_sum = F.cross_entropy(
+            logits_BLV.flatten(0, 1).float(),
+            targets_BL.flatten(),
+            ignore_index=IGNORE_INDEX,
+            reduction="sum",
+        )
+        return nll_sum, (targets_BL != IGNORE_INDEX).sum()
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        nll_sum, count = self._summed_loss(batch)
+        loss = nll_sum / count.clamp_min(1)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def on_train_batch_end(self, outputs, batch: dict, batch_idx: int) -> None:
+        # Wall time between consecutive batch ends: in steady state this is the true step time
+        # even on an asynchronous device, and it needs no host synchronisation.
+        tokens = batch["input_ids"].numel() * self.trainer.world_size
+        self.tokens_seen += tokens
+        now = time.perf_counter()
+        if self._last_batch_end is not None:
+            self.log("train/tokens_per_s", tokens / max(now - self._last_batch_end, 1e-9), prog_bar=True)
+        self.log("train/tokens_seen", float(self.tokens_seen))
+        self._last_batch_end = now
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        nll_sum, count = self._summed_loss(batch)
+        self.val_perplexity.update(nll_sum, count)
+        self.log("val/loss", nll_sum / count.clamp_min(1), reduce_fx="mean", batch_size=int(count))
+        self.log("val/perplexity", self.val_perplexity, prog_bar=True)
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        nll_sum, count = self._summed_loss(batch)
+        self.test_perplexity.update(nll_sum, count)
+        self.log("test/loss", nll_sum / count.clamp_min(1), batch_size=int(count))
+        self.log("test/perplexity", self.test_perplexity)
+
+    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict:
+        """Per-token negative log-likelihood [B, L] (0 where the target is padding)."""
+        ids_BL, targets_BL = batch["input_ids"], batch["targets"]
+        features = {k: v for k, v in batch.items() if k not in ("input_ids", "targets")}
+        logits_BLV = self(ids_BL, features)
+        nll_BL = F.cross_entropy(
+            logits_BLV.transpose(1, 2).float(), targets_BL, ignore_index=IGNORE_INDEX, reduction="none"
+        )
+        return {"input_ids": ids_BL, "nll": nll_BL}
+
+    def configure_optimizers(self):
+        decay, no_decay = [], []
+        for name, param in self.named_parameters():
+            if not param.requires_grad:
+                continue
+            is_matrix = param.dim() >= 2 and "embedding" not in name and "table" not in name
+            (decay if is_matrix else no_decay).append(param)
+        optimizer = torch.optim.AdamW(
+            [
+                {"params": decay, "weight_decay": self.hparams.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            lr=self.hparams.lr,
+            betas=self.hparams.betas,
+            fused=self.device.type == "cuda",
+        )
+        schedule = partial(
+            warmup_cosine,
+            warmup_steps=max(1, self.hparams.warmup_steps),
+            total_steps=int(self.trainer.estimated_stepping_batches),
+            min_ratio=self.hparams.min_lr_ratio,
+        )
+        scheduler = LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,1 @@
+"""The decoder-only network and its building blocks."""

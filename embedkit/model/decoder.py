@@ -1,0 +1,145 @@
+"""The decoder-only language model: token embedding, pre-norm layers, final norm, output head.
+
+Legend: B = batch, L = sequence length, D = model width, V = vocabulary size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from embedkit.interfaces import FeedForward, InputEmbedding, Sublayer
+from embedkit.model.attention import CausalSelfAttention
+
+FeedForwardFactory = Callable[[int], FeedForward]
+SublayerFactory = Callable[[int], Sublayer]
+InputEmbeddingFactory = Callable[[int], InputEmbedding]
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm block: ``x + attn(norm(x))`` then ``x + feed_forward(norm(x))``."""
+
+    def __init__(
+        self, *, dim: int, num_heads: int, max_seq_len: int, rope_base: float, ffn: FeedForward
+    ) -> None:
+        super().__init__()
+        self.attn_norm = nn.RMSNorm(dim)
+        self.attn = CausalSelfAttention(
+            dim=dim, num_heads=num_heads, max_seq_len=max_seq_len, rope_base=rope_base
+        )
+        self.ffn_norm = nn.RMSNorm(dim)
+        self.ffn = ffn
+
+    def forward(self, hidden_BLD: torch.Tensor) -> torch.Tensor:
+        hidden_BLD = hidden_BLD + self.attn(self.attn_norm(hidden_BLD))
+        return hidden_BLD + self.ffn(self.ffn_norm(hidden_BLD))
+
+
+class Decoder(nn.Module):
+    """A Llama-style decoder whose parts are injected: the feed-forward block of every layer,
+    sublayers inserted between layers, and a per-position replacement of the input embedding."""
+
+    def __init__(
+        self,
+        *,
+        vocab_size: int,
+        dim: int,
+        num_layers: int,
+        num_heads: int,
+        feed_forward: FeedForwardFactory,
+        max_seq_len: int = 2048,
+        rope_base: float = 10_000.0,
+        tie_embeddings: bool = True,
+        sublayers: Sequence[SublayerFactory] = (),
+        input_embedding: InputEmbeddingFactory | None = None,
+        init_std: float = 0.02,
+    ) -> None:
+        """
+        Args:
+            vocab_size: Number of token ids; linked from the data module, not set in recipes.
+            dim: Model width.
+            num_layers: Number of decoder layers.
+            num_heads: Attention heads per layer; ``dim`` must be a multiple of it.
+            feed_forward: Builds one layer's feed-forward block from the model width
+                (e.g. ``SwiGLU``); called once per layer.
+            max_seq_len: Positions whose rotary tables are precomputed (longer ones are built
+                when first needed).
+            rope_base: Wavelength base of the rotary frequencies.
+            tie_embeddings: Share the token embedding with the output head.
+            sublayers: Blocks inserted between decoder layers, each built from the model width
+                and placed by its own ``before_layer``.
+            input_embedding: Replaces the token embedding per position (e.g. SCONE), built
+                from the model width; ``None`` keeps plain token embeddings.
+            init_std: Standard deviation of the normal initialisation of weights; residual
+                output projections are scaled down by ``sqrt(2 * num_layers)``.
+        """
+        super().__init__()
+        if num_layers < 1:
+            raise ValueError(f"model.decoder.num_layers={num_layers} must be at least 1")
+        self.vocab_size = vocab_size
+        self.dim = dim
+        self.token_embedding = nn.Embedding(vocab_size, dim)
+        self.layers = nn.ModuleList(
+            DecoderLayer(
+                dim=dim,
+                num_heads=num_heads,
+                max_seq_len=max_seq_len,
+                rope_base=rope_base,
+                ffn=feed_forward(dim),
+            )
+            for _ in range(num_layers)
+        )
+        self.sublayers = nn.ModuleDict()
+        for build in sublayers:
+            sublayer = build(dim)
+            position = sublayer.before_layer
+            if not 1 <= position < num_layers:
+                raise ValueError(
+                    f"model.decoder.sublayers: {type(sublayer).__name__}.before_layer={position} "
+                    f"is invalid; valid: 1 .. {num_layers - 1} (never before the first layer)"
+                )
+            if str(position) in self.sublayers:
+                raise ValueError(f"model.decoder.sublayers: two sublayers before layer {position}")
+            self.sublayers[str(position)] = sublayer
+        self.input_embedding = input_embedding(dim) if input_embedding is not None else None
+        self.norm = nn.RMSNorm(dim)
+        self.head = nn.Linear(dim, vocab_size, bias=False)
+        self._init_weights(init_std, num_layers)
+        if tie_embeddings:
+            self.head.weight = self.token_embedding.weight
+
+    def _init_weights(self, std: float, num_layers: int) -> None:
+        for name, param in self.named_parameters():
+            if param.dim() == 2 and name.startswith(("token_embedding", "head", "layers")):
+                scaled = name.endswith(("attn.out.weight", "ffn.down.weight"))
+                nn.init.normal_(param, std=std / (2 * num_layers) ** 0.5 if scaled else std)
+
+    def forward(
+        self, ids_BL: torch.Tensor, features: Mapping[str, torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """Final hidden states [B, L, D] (before the output head) for token ids ``ids_BL``."""
+        hidden_BLD = self.token_embedding(ids_BL)
+        if self.input_embedding is not None:
+            hidden_BLD = self.input_embedding(
+                hidden_BLD, ids_BL, self.token_embedding, features or {}
+            )
+        for index, layer in enumerate(self.layers):
+            sublayer = self.sublayers[str(index)] if str(index) in self.sublayers else None
+            if sublayer is not None:
+                hidden_BLD = sublayer(hidden_BLD, ids_BL)
+            hidden_BLD = layer(hidden_BLD)
+        return self.norm(hidden_BLD)
+
+    def logits(self, hidden_BLD: torch.Tensor) -> torch.Tensor:
+        """Output logits [B, L, V] from final hidden states."""
+        return self.head(hidden_BLD)
+
+    def num_parameters(self, *, non_embedding: bool = False) -> int:
+        """Number of parameters, optionally without the token embedding and output head."""
+        params = {id(p): p for p in self.parameters()}
+        if non_embedding:
+            params.pop(id(self.token_embedding.weight), None)
+            params.pop(id(self.head.weight), None)
+        return sum(p.numel() for p in params.values())

@@ -1,0 +1,109 @@
+"""Conformance of every registered ``EmbeddingBackend`` (third-party ones included).
+
+Every backend is created empty through ``cls(num_rows=, dim=, dtype=)``; its rows are written
+with ``write`` and compared with an ``nn.Embedding`` reference holding the same values.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from embedkit import registry
+from embedkit.dtypes import DTYPES
+
+BACKENDS = registry.specs("EmbeddingBackend")
+NUM_ROWS, DIM = 97, 24
+
+
+def _integer_view(x: torch.Tensor) -> torch.Tensor:
+    # Random 16-bit patterns include NaNs, so rows are compared bit for bit.
+    return x.view(torch.int16) if x.element_size() == 2 else x.view(torch.int32)
+
+
+@pytest.fixture(params=BACKENDS, ids=[s.short_name for s in BACKENDS])
+def backend_cls(request) -> type:
+    return request.param.load()
+
+
+@pytest.fixture(params=list(DTYPES))
+def dtype_name(request) -> str:
+    return request.param
+
+
+def _filled(backend_cls: type, dtype_name: str) -> tuple[object, nn.Embedding]:
+    backend = backend_cls(num_rows=NUM_ROWS, dim=DIM, dtype=dtype_name)
+    values = torch.randn(NUM_ROWS, DIM, generator=torch.Generator().manual_seed(0))
+    values = values.to(DTYPES[dtype_name])
+    backend.write(0, values)
+    reference = nn.Embedding(NUM_ROWS, DIM, _weight=values.clone())
+    return backend, reference
+
+
+ROW_SETS = {
+    "random": torch.randint(0, NUM_ROWS, (50,), generator=torch.Generator().manual_seed(1)),
+    "repeated": torch.tensor([3, 3, 3, 0, 96, 0, 3]),
+    "unsorted": torch.tensor([96, 5, 40, 1, 0, 77]),
+    "empty": torch.tensor([], dtype=torch.int64),
+}
+
+
+def test_metadata(backend_cls, dtype_name):
+    backend = backend_cls(num_rows=NUM_ROWS, dim=DIM, dtype=dtype_name)
+    assert (backend.num_rows, backend.dim, backend.dtype) == (NUM_ROWS, DIM, DTYPES[dtype_name])
+    assert isinstance(backend.device, torch.device)
+
+
+@pytest.mark.parametrize("row_set", list(ROW_SETS))
+def test_gather_equals_embedding(backend_cls, dtype_name, row_set):
+    backend, reference = _filled(backend_cls, dtype_name)
+    rows_N = ROW_SETS[row_set]
+    gathered_ND = backend.gather(rows_N)
+    expected_ND = reference(rows_N)
+    assert gathered_ND.shape == (rows_N.numel(), DIM)
+    assert gathered_ND.dtype == DTYPES[dtype_name]
+    assert gathered_ND.device == backend.device
+    assert torch.equal(_integer_view(gathered_ND.cpu()), _integer_view(expected_ND))
+
+
+@pytest.mark.parametrize("row_set", list(ROW_SETS))
+def test_prefetch_equals_gather(backend_cls, dtype_name, row_set):
+    backend, _ = _filled(backend_cls, dtype_name)
+    rows_N = ROW_SETS[row_set]
+    handle = backend.prefetch(rows_N)
+    assert torch.equal(_integer_view(handle.wait().cpu()), _integer_view(backend.gather(rows_N).cpu()))
+
+
+def test_partial_write_round_trips(backend_cls, dtype_name):
+    backend, reference = _filled(backend_cls, dtype_name)
+    block = torch.full((5, DIM), 1.5, dtype=DTYPES[dtype_name])
+    backend.write(10, block)
+    rows = torch.arange(8, 17)
+    expected = reference(rows).clone()
+    expected[2:7] = block
+    assert torch.equal(_integer_view(backend.gather(rows).cpu()), _integer_view(expected))
+
+
+@pytest.mark.parametrize("bad_row", [-1, NUM_ROWS])
+def test_row_out_of_range_is_refused(backend_cls, bad_row):
+    backend, _ = _filled(backend_cls, "float32")
+    with pytest.raises(IndexError, match=str(bad_row)):
+        backend.gather(torch.tensor([0, bad_row]))
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        (torch.zeros(3, DIM + 1), "shape"),
+        (torch.zeros(3, DIM, dtype=torch.float64), "dtype"),
+        (torch.zeros(NUM_ROWS, DIM), "leaves the table"),
+    ],
+    ids=["shape", "dtype", "overflow"],
+)
+def test_bad_write_is_refused_and_leaves_rows(backend_cls, values, message):
+    backend, reference = _filled(backend_cls, "float32")
+    with pytest.raises(ValueError, match=message):
+        backend.write(5, values)
+    rows = torch.arange(NUM_ROWS)
+    assert torch.equal(backend.gather(rows).cpu(), reference(rows))
