@@ -3,6 +3,7 @@ embedkit's own commands (``plugins``)."""
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -10,6 +11,7 @@ import torch
 from jsonargparse import ArgumentParser
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from embedkit.callbacks import FitSummary
 from embedkit.cli_errors import explain
 from embedkit.commands import plugins as plugins_command
 from embedkit.data.datamodule import TextDataModule
@@ -38,9 +40,6 @@ def default_precision() -> str:
 class EmbedkitCLI(LightningCLI):
     """LightningCLI over ``LanguageModel`` and ``TextDataModule`` with run-time links."""
 
-    def init_parser(self, **kwargs) -> LightningArgumentParser:
-        return EmbedkitArgumentParser(**kwargs)
-
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments(
             "data.vocab_size", "model.decoder.init_args.vocab_size", apply_on="instantiate"
@@ -58,8 +57,8 @@ def run_cli(args: Sequence[str] | None = None) -> EmbedkitCLI:
     return EmbedkitCLI(
         LanguageModel,
         TextDataModule,
-        trainer_defaults={"precision": default_precision()},
-        parser_kwargs={"default_env": False},
+        trainer_defaults={"precision": default_precision(), "callbacks": [FitSummary()]},
+        parser_class=EmbedkitArgumentParser,
         args=args,
     )
 
@@ -71,7 +70,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         _, build, run = COMMANDS[argv[0]]
         run(build().parse_args(argv[1:]))
         return
-    run_cli(argv)
+    try:
+        run_cli(argv)
+    except ValueError as err:
+        # Bad input (a recipe value, a corpus, a store) is reported as one clear line;
+        # EMBEDKIT_DEBUG=1 shows the traceback.
+        if os.environ.get("EMBEDKIT_DEBUG"):
+            raise
+        print(f"embedkit: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

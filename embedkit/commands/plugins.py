@@ -40,4 +40,7 @@ def run(args: Namespace) -> None:
         except (ImportError, TypeError, ValueError) as err:
             summary = f"[red]failed to load: {err}[/red]"
         table.add_row(spec.interface, spec.short_name, spec.class_path, spec.package, summary)
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=200)  # piped output: one line per implementation
+    console.print(table)

@@ -1,0 +1,85 @@
+"""End to end through the ``embedkit`` command in a subprocess: every tiny recipe trains, and
+bad input fails with a clear message and exit code 2."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = sorted((ROOT / "recipes" / "tiny").glob("*.yaml"))
+SHORT = [
+    "--trainer.max_steps=6",
+    "--trainer.val_check_interval=6",
+    "--trainer.limit_val_batches=2",
+    "--trainer.enable_progress_bar=false",
+    "--data.batch_size=4",
+    "--data.seq_len=32",
+    "--data.train_samples_per_epoch=64",
+]
+
+pytestmark = pytest.mark.e2e
+
+
+def embedkit(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    exe = shutil.which("embedkit")
+    assert exe, "the embedkit console script is not installed"
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    return subprocess.run(
+        [exe, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+@pytest.mark.parametrize("recipe", TINY, ids=[r.stem for r in TINY])
+def test_tiny_recipe_fits_validates_tests_and_predicts(recipe, tmp_path):
+    run = embedkit("fit", "--config", str(recipe), *SHORT, "--trainer.default_root_dir=run", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert re.search(r"validation perplexity: [\d.]+ \(unigram baseline: [\d.]+\)", run.stdout + run.stderr)
+    checkpoints = sorted((tmp_path / "run").rglob("*.ckpt"))
+    assert checkpoints, "fit must write a checkpoint"
+    for command in ("validate", "test", "predict"):
+        result = embedkit(
+            command, "--config", str(recipe), *SHORT, f"--ckpt_path={checkpoints[-1]}", cwd=tmp_path
+        )
+        assert result.returncode == 0, (command, result.stderr[-3000:])
+    assert "val/perplexity" in embedkit(
+        "validate", "--config", str(recipe), *SHORT, f"--ckpt_path={checkpoints[-1]}", cwd=tmp_path
+    ).stdout
+
+
+def test_plugins_lists_installed(tmp_path):
+    result = embedkit("plugins", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    for expected in ("GPUBackend", "SwiGLU", "IdentityRouter", "embedkit_dense.swiglu.SwiGLU"):
+        assert expected in result.stdout
+
+
+def test_unknown_plugin_lists_known_ones(tmp_path):
+    recipe = ROOT / "recipes" / "tiny" / "dense.yaml"
+    result = embedkit(
+        "fit", "--config", str(recipe), "--model.decoder.init_args.feed_forward=SwiGLUX", cwd=tmp_path
+    )
+    assert result.returncode != 0
+    assert "unknown FeedForward 'SwiGLUX'" in result.stderr
+    assert "known: SwiGLU" in result.stderr and "did you mean SwiGLU" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--data.corpus=TextFiles", "--data.corpus.path=/no/such/corpus"], "data.corpus.path"),
+        (["--data.seq_len=100000"], "data.seq_len=100000"),
+    ],
+    ids=["missing-corpus", "seq-len-longer-than-validation"],
+)
+def test_bad_input_is_one_clear_line(args, expected, tmp_path):
+    recipe = ROOT / "recipes" / "tiny" / "dense.yaml"
+    result = embedkit("fit", "--config", str(recipe), *SHORT, *args, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr
