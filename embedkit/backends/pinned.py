@@ -1,0 +1,299 @@
+"""``PinnedCPUBackend``: a frozen table in page-locked host memory, read by the GPU directly.
+
+On CUDA, ``gather`` is a Triton kernel reading rows from host memory through UVA
+(``embedkit.backends.uva_gather``), and ``prefetch`` runs it on a side stream; without CUDA,
+``index_select`` (``prefetch`` in a background thread). Rows given on the host (the normal
+case) are validated (``IndexError``); rows already on the GPU are not, as that needs a host
+sync: the kernel yields a zero row for an out-of-range index and never reads outside the table.
+Stored as a directory: ``table.bin`` (raw row-major bytes) and the table manifest.
+
+Legend: N = number of requested rows, R = rows of the table, D = row width.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+from embedkit.backends.manifest import MANIFEST_NAME, TableManifest, read_manifest, write_manifest
+from embedkit.backends.validation import check_block, check_rows
+from embedkit.dtypes import DTypeName, dtype_from_name, dtype_name
+from embedkit.interfaces import EmbeddingBackend, RowsHandle
+
+TABLE_FILE = "table.bin"
+TIER = "pinned"
+IO_BLOCK_BYTES = 64 << 20
+
+
+class StreamRows(RowsHandle):
+    """Rows being gathered on a side stream; ``wait`` orders the current stream after them."""
+
+    def __init__(self, rows_ND: torch.Tensor, ready: torch.cuda.Event) -> None:
+        self._rows_ND = rows_ND
+        self._ready = ready
+
+    def wait(self) -> torch.Tensor:
+        stream = torch.cuda.current_stream(self._rows_ND.device)
+        stream.wait_event(self._ready)
+        self._rows_ND.record_stream(stream)  # allocated on the side stream, used on this one
+        return self._rows_ND
+
+
+class ThreadRows(RowsHandle):
+    """Rows being gathered by a background thread (CPU-only machines)."""
+
+    def __init__(self, future: Future) -> None:
+        self._future = future
+
+    def wait(self) -> torch.Tensor:
+        return self._future.result()
+
+
+class PinnedCPUBackend(EmbeddingBackend):
+    """A frozen table in pinned host memory; on CUDA its rows are read by a GPU kernel via UVA."""
+
+    def __init__(
+        self,
+        *,
+        num_rows: int,
+        dim: int,
+        dtype: DTypeName = "float32",
+        device: str = "auto",
+    ) -> None:
+        """
+        Args:
+            num_rows: Number of rows of the table.
+            dim: Width of a row.
+            dtype: Element type of the table.
+            device: Where gathered rows land: "auto" (the current CUDA device when CUDA is
+                available, else the CPU), "cpu", "cuda" or "cuda:<index>".
+        """
+        self._setup(num_rows, dim, dtype_from_name(dtype), device)
+        self._table_RD.zero_()
+
+    def _setup(self, num_rows: int, dim: int, dtype: torch.dtype, device: str) -> None:
+        if num_rows <= 0 or dim <= 0:
+            raise ValueError(f"num_rows={num_rows} and dim={dim} must both be positive")
+        self._device = _resolve_device(device)
+        # Page-locked only where a GPU can use it (PyTorch's pinned allocator rounds the size
+        # up to a power of two of bytes).
+        pin = torch.cuda.is_available()
+        self._table_RD = torch.empty(num_rows, dim, dtype=dtype, pin_memory=pin)
+        self._side_stream: torch.cuda.Stream | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._last_future: Future | None = None
+        self._gpu_reads = False
+
+    @property
+    def num_rows(self) -> int:
+        return self._table_RD.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self._table_RD.shape[1]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._table_RD.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    def gather(self, rows_N: torch.Tensor, *, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Rows ``rows_N`` as a [N, dim] tensor on ``device``, written into ``out`` if given."""
+        want = ((rows_N.numel(), self.dim), self.dtype, self._device, True)
+        if out is not None and (out.shape, out.dtype, out.device, out.is_contiguous()) != want:
+            raise ValueError(
+                f"out must be a contiguous [{rows_N.numel()}, {self.dim}] {self.dtype} tensor on "
+                f"{self._device}, got {tuple(out.shape)} {out.dtype} on {out.device}"
+            )
+        if self._device.type == "cpu":
+            check_rows(rows_N, self.num_rows)
+            return torch.index_select(self._table_RD, 0, rows_N.cpu(), out=out)
+        from embedkit.backends.uva_gather import gather_rows
+
+        rows_dev_N = self._rows_on_device(rows_N)
+        if out is None:
+            out = torch.empty(rows_N.numel(), self.dim, dtype=self.dtype, device=self._device)
+        gather_rows(self._table_RD, rows_dev_N, out)
+        self._gpu_reads = True
+        return out
+
+    def prefetch(self, rows_N: torch.Tensor) -> RowsHandle:
+        """Start the gather; on CUDA on a side stream, ordered before the caller's by ``wait``.
+
+        ``rows_N`` is copied before this returns, so the caller may reuse it at once.
+        """
+        if self._device.type == "cpu":
+            check_rows(rows_N, self.num_rows)
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(1, thread_name_prefix="embedkit-pinned")
+            rows_copy_N = rows_N.to("cpu", copy=True)
+            self._last_future = self._executor.submit(
+                torch.index_select, self._table_RD, 0, rows_copy_N
+            )
+            return ThreadRows(self._last_future)
+        consumer = torch.cuda.current_stream(self._device)
+        if self._side_stream is None:
+            # High priority: the gather waits on PCIe, not on the SMs, so it should not queue
+            # behind the compute kernels it is meant to overlap.
+            self._side_stream = torch.cuda.Stream(self._device, priority=-1)
+        side = self._side_stream
+        if rows_N.is_cuda:
+            side.wait_stream(consumer)  # rows_N was produced by work queued on the consumer
+        with torch.cuda.stream(side):
+            rows_ND = self.gather(rows_N)
+            ready = torch.cuda.Event()
+            ready.record(side)
+        if rows_N.is_cuda:
+            rows_N.record_stream(side)
+        return StreamRows(rows_ND, ready)
+
+    def write(self, start: int, values_ND: torch.Tensor) -> None:
+        """Overwrite rows ``start ..``; waits for gathers in flight, which read the table."""
+        check_block(start, values_ND, self.num_rows, self.dim, self.dtype)
+        if self._last_future is not None:
+            self._last_future.exception()  # the single worker runs in order: all earlier done
+            self._last_future = None
+        if self._gpu_reads:
+            torch.cuda.synchronize(self._device)
+            self._gpu_reads = False
+        self._table_RD[start : start + values_ND.shape[0]].copy_(values_ND)
+
+    def save(
+        self,
+        location: str,
+        *,
+        content_hash: str | None = None,
+        producer: dict[str, str] | None = None,
+    ) -> TableManifest:
+        """Store the table at directory ``location`` atomically; return its manifest.
+
+        ``content_hash`` defaults to the SHA-256 of the table's bytes; ``producer`` records
+        what made the table (e.g. ``{"vocab_hash": ...}``). An existing table at ``location``
+        is replaced; any other existing non-empty path is refused.
+        """
+        target = Path(location)
+        if target.exists() and not _replaceable(target):
+            raise ValueError(f"{target} exists and holds no embedkit table; not replacing it")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+        try:
+            digest = _write_bytes(staging / TABLE_FILE, self._bytes(), hash_it=not content_hash)
+            manifest = TableManifest(
+                num_rows=self.num_rows,
+                dim=self.dim,
+                dtype=dtype_name(self.dtype),
+                tier=TIER,
+                codec="none",
+                content_hash=content_hash or digest,
+                producer=dict(producer or {}),
+            )
+            write_manifest(staging, manifest)
+            _swap_in(staging, target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return manifest
+
+    @classmethod
+    def open(cls, location: str, *, device: str = "auto") -> PinnedCPUBackend:
+        """Read the table stored at directory ``location`` into pinned memory."""
+        directory = Path(location)
+        manifest = read_manifest(directory)
+        manifest.check_matches(source=str(directory), tier=TIER, codec="none")
+        dtype = dtype_from_name(manifest.dtype)
+        path = directory / TABLE_FILE
+        if not path.is_file():
+            raise ValueError(f"{directory} has a table manifest but no {TABLE_FILE}")
+        expected, actual = manifest.num_rows * manifest.dim * dtype.itemsize, path.stat().st_size
+        if actual != expected:
+            raise ValueError(
+                f"{path} holds {actual} bytes, expected {expected} ({manifest.num_rows} rows "
+                f"x {manifest.dim} {manifest.dtype} values): truncated, or not this table"
+            )
+        backend = cls.__new__(cls)
+        backend._setup(manifest.num_rows, manifest.dim, dtype, device)
+        _read_bytes(path, backend._bytes())
+        return backend
+
+    def _bytes(self):  # the table's bytes as a flat, writable numpy uint8 view
+        return self._table_RD.view(torch.uint8).reshape(-1).numpy()
+
+    def _rows_on_device(self, rows_N: torch.Tensor) -> torch.Tensor:
+        if rows_N.is_cuda:
+            if rows_N.dtype not in (torch.int64, torch.int32) or rows_N.dim() != 1:
+                raise ValueError(f"rows must be 1-D int64/int32, got {rows_N.dtype} {rows_N.shape}")
+            if rows_N.device != self._device:
+                raise ValueError(f"rows are on {rows_N.device}, the table serves {self._device}")
+            return rows_N.contiguous()
+        check_rows(rows_N, self.num_rows)
+        # A private pinned copy: the async copy then never reads memory the caller may change,
+        # and the pinned allocator keeps the block until the copy has run (it records an event).
+        staging_N = torch.empty(rows_N.shape, dtype=rows_N.dtype, pin_memory=True)
+        staging_N.copy_(rows_N)
+        return staging_N.to(self._device, non_blocking=True)
+
+
+def _resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"device={device!r} is not a device; valid: auto, cpu, cuda[:N]") from err
+    if resolved.type == "cpu":
+        return resolved
+    if resolved.type != "cuda":
+        raise ValueError(f"device={device!r} is not supported; valid: auto, cpu, cuda[:N]")
+    if not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} but CUDA is not available; valid here: auto, cpu")
+    index = torch.cuda.current_device() if resolved.index is None else resolved.index
+    return torch.device("cuda", index)
+
+
+def _replaceable(target: Path) -> bool:
+    return target.is_dir() and ((target / MANIFEST_NAME).is_file() or not any(target.iterdir()))
+
+
+def _swap_in(staging: Path, target: Path) -> None:
+    """Rename ``staging`` to ``target``; a reader sees the old table, none, or the new one."""
+    retired = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+    if target.exists():
+        os.rename(target, retired)
+    os.rename(staging, target)
+    shutil.rmtree(retired, ignore_errors=True)
+
+
+def _write_bytes(path: Path, flat, *, hash_it: bool) -> str:
+    digest = hashlib.sha256()
+    with open(path, "wb") as handle:
+        for start in range(0, flat.nbytes, IO_BLOCK_BYTES):
+            block = flat[start : start + IO_BLOCK_BYTES]
+            handle.write(block)
+            if hash_it:
+                digest.update(block)
+        handle.flush()
+        os.fsync(handle.fileno())
+    return digest.hexdigest() if hash_it else ""
+
+
+def _read_bytes(path: Path, flat) -> None:
+    view = memoryview(flat)
+    with open(path, "rb", buffering=0) as handle:
+        done = 0
+        while done < flat.nbytes:
+            got = handle.readinto(view[done : done + IO_BLOCK_BYTES])
+            if not got:
+                raise ValueError(f"{path} ended after {done} bytes, expected {flat.nbytes}")
+            done += got
