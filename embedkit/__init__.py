@@ -26,7 +26,21 @@ _EXPORTS = {
     "TextDataModule": "embedkit.data.datamodule",
 }
 
-__all__ = [*_EXPORTS, "__version__"]
+__all__ = [
+    "Decoder",
+    "EmbeddingBackend",
+    "FeedForward",
+    "GPUBackend",
+    "InputEmbedding",
+    "LanguageModel",
+    "Router",
+    "Routes",
+    "RowsHandle",
+    "Sublayer",
+    "TextDataModule",
+    "VocabExtension",
+    "__version__",
+]
 
 if TYPE_CHECKING:
     from embedkit.backends.gpu import GPUBackend

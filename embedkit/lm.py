@@ -82,7 +82,9 @@ class LanguageModel(L.LightningModule):
         self.tokens_seen += tokens
         now = time.perf_counter()
         if self._last_batch_end is not None:
-            self.log("train/tokens_per_s", tokens / max(now - self._last_batch_end, 1e-9), prog_bar=True)
+            self.log(
+                "train/tokens_per_s", tokens / max(now - self._last_batch_end, 1e-9), prog_bar=True
+            )
         self.log("train/tokens_seen", float(self.tokens_seen))
         self._last_batch_end = now
 
@@ -104,7 +106,10 @@ class LanguageModel(L.LightningModule):
         features = {k: v for k, v in batch.items() if k not in ("input_ids", "targets")}
         logits_BLV = self(ids_BL, features)
         nll_BL = F.cross_entropy(
-            logits_BLV.transpose(1, 2).float(), targets_BL, ignore_index=IGNORE_INDEX, reduction="none"
+            logits_BLV.transpose(1, 2).float(),
+            targets_BL,
+            ignore_index=IGNORE_INDEX,
+            reduction="none",
         )
         return {"input_ids": ids_BL, "nll": nll_BL}
 
@@ -131,4 +136,7 @@ class LanguageModel(L.LightningModule):
             min_ratio=self.hparams.min_lr_ratio,
         )
         scheduler = LambdaLR(optimizer, schedule)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }

@@ -14,7 +14,9 @@ class SummedPerplexity(Metric):
 
     def __init__(self) -> None:
         super().__init__()
-        self.add_state("nll_sum", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state(
+            "nll_sum", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum"
+        )
         self.add_state("count", default=torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
 
     def update(self, nll_sum: torch.Tensor, count: torch.Tensor) -> None:

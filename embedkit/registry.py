@@ -110,7 +110,9 @@ def _load(spec: PluginSpec) -> type:
             f"{spec.interface!r}; known interfaces: {', '.join(sorted(_INTERFACES))}"
         )
     if not (isinstance(cls, type) and issubclass(cls, base)):
-        raise TypeError(f"plugin {spec.class_path} is registered as a {spec.interface} but is not one")
+        raise TypeError(
+            f"plugin {spec.class_path} is registered as a {spec.interface} but is not one"
+        )
     return cls
 
 

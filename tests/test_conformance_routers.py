@@ -42,7 +42,7 @@ def test_routes_are_well_formed(router):
     assert bool((routes.counts_P() >= 0).all())
     assert routes.rows_N.dtype == torch.int64
     if routes.rows_N.numel():
-        assert 0 <= int(routes.rows_N.min()) and int(routes.rows_N.max()) < router.num_rows
+        assert int(routes.rows_N.min()) >= 0 and int(routes.rows_N.max()) < router.num_rows
     if routes.weights_N is not None:
         assert routes.weights_N.shape == routes.rows_N.shape
 

@@ -37,9 +37,13 @@ def embedkit(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("recipe", TINY, ids=[r.stem for r in TINY])
 def test_tiny_recipe_fits_validates_tests_and_predicts(recipe, tmp_path):
-    run = embedkit("fit", "--config", str(recipe), *SHORT, "--trainer.default_root_dir=run", cwd=tmp_path)
+    run = embedkit(
+        "fit", "--config", str(recipe), *SHORT, "--trainer.default_root_dir=run", cwd=tmp_path
+    )
     assert run.returncode == 0, run.stderr[-3000:]
-    assert re.search(r"validation perplexity: [\d.]+ \(unigram baseline: [\d.]+\)", run.stdout + run.stderr)
+    assert re.search(
+        r"validation perplexity: [\d.]+ \(unigram baseline: [\d.]+\)", run.stdout + run.stderr
+    )
     checkpoints = sorted((tmp_path / "run").rglob("*.ckpt"))
     assert checkpoints, "fit must write a checkpoint"
     for command in ("validate", "test", "predict"):
@@ -47,9 +51,17 @@ def test_tiny_recipe_fits_validates_tests_and_predicts(recipe, tmp_path):
             command, "--config", str(recipe), *SHORT, f"--ckpt_path={checkpoints[-1]}", cwd=tmp_path
         )
         assert result.returncode == 0, (command, result.stderr[-3000:])
-    assert "val/perplexity" in embedkit(
-        "validate", "--config", str(recipe), *SHORT, f"--ckpt_path={checkpoints[-1]}", cwd=tmp_path
-    ).stdout
+    assert (
+        "val/perplexity"
+        in embedkit(
+            "validate",
+            "--config",
+            str(recipe),
+            *SHORT,
+            f"--ckpt_path={checkpoints[-1]}",
+            cwd=tmp_path,
+        ).stdout
+    )
 
 
 def test_plugins_lists_installed(tmp_path):
@@ -62,7 +74,11 @@ def test_plugins_lists_installed(tmp_path):
 def test_unknown_plugin_lists_known_ones(tmp_path):
     recipe = ROOT / "recipes" / "tiny" / "dense.yaml"
     result = embedkit(
-        "fit", "--config", str(recipe), "--model.decoder.init_args.feed_forward=SwiGLUX", cwd=tmp_path
+        "fit",
+        "--config",
+        str(recipe),
+        "--model.decoder.init_args.feed_forward=SwiGLUX",
+        cwd=tmp_path,
     )
     assert result.returncode != 0
     assert "unknown FeedForward 'SwiGLUX'" in result.stderr
@@ -83,3 +99,51 @@ def test_bad_input_is_one_clear_line(args, expected, tmp_path):
     assert result.returncode == 2, result.stderr[-2000:]
     assert expected in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_empty_corpus_is_one_clear_line(tmp_path):
+    (tmp_path / "empty.txt").write_text("")
+    recipe = ROOT / "recipes" / "tiny" / "dense.yaml"
+    result = embedkit(
+        "fit",
+        "--config",
+        str(recipe),
+        *SHORT,
+        "--data.corpus=TextFiles",
+        f"--data.corpus.path={tmp_path / 'empty.txt'}",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "empty" in result.stderr and str(tmp_path / "empty.txt") in result.stderr
+
+
+def test_shards_of_another_tokenizer_are_refused(tmp_path):
+    recipe = ROOT / "recipes" / "tiny" / "dense.yaml"
+    common = [
+        "fit",
+        "--config",
+        str(recipe),
+        *SHORT,
+        "--trainer.max_steps=1",
+        "--data.data_dir=shards",
+    ]
+    first = embedkit(*common, "--data.tokenizer=ByteTokenizer", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    tokenizer = tmp_path / "tokenizer.json"
+    from embedkit.data.corpus import BundledCorpus
+    from embedkit.data.tokenizers import BPETokenizer
+
+    bpe = BPETokenizer(vocab_size=300)
+    corpus = BundledCorpus()
+    bpe.prepare(
+        train_documents=corpus.documents, corpus_fingerprint=corpus.fingerprint, cache_dir=tmp_path
+    )
+    bpe.save(tokenizer)
+    second = embedkit(
+        *common,
+        "--data.tokenizer=TokenizerFile",
+        f"--data.tokenizer.path={tokenizer}",
+        cwd=tmp_path,
+    )
+    assert second.returncode == 2, second.stderr[-2000:]
+    assert "data.tokenizer" in second.stderr and "shards" in second.stderr

@@ -32,7 +32,9 @@ def reference_rope(x_BHLE: torch.Tensor, base: float = 10_000.0) -> torch.Tensor
 def test_rope_matches_complex_rotation():
     x_BHLE = torch.randn(2, 3, 9, 8, dtype=torch.float64)
     rope = RotaryEmbedding(head_dim=8, max_seq_len=4)  # grows past 4 on demand
-    torch.testing.assert_close(rope(x_BHLE.float()).double(), reference_rope(x_BHLE), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        rope(x_BHLE.float()).double(), reference_rope(x_BHLE), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_rope_offset_continues_positions():
@@ -50,7 +52,7 @@ def test_rope_preserves_relative_scores():
 
 def reference_attention(attn: CausalSelfAttention, x_BLD: torch.Tensor) -> torch.Tensor:
     """Explicit softmax(QK^T / sqrt(E) + causal mask) V, head by head."""
-    B, L, D = x_BLD.shape
+    _, L, D = x_BLD.shape
     H = attn.num_heads
     E = D // H
     q, k, v = attn.qkv(x_BLD).split(D, dim=-1)
@@ -83,7 +85,9 @@ def test_swiglu_formula():
 
 def _decoder(**overrides) -> Decoder:
     torch.manual_seed(0)
-    args = dict(vocab_size=40, dim=32, num_layers=3, num_heads=4, feed_forward=SwiGLU, max_seq_len=16)
+    args = dict(
+        vocab_size=40, dim=32, num_layers=3, num_heads=4, feed_forward=SwiGLU, max_seq_len=16
+    )
     return Decoder(**(args | overrides))
 
 

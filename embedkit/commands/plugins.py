@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from jsonargparse import ArgumentParser, Namespace
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from embedkit import registry
@@ -38,8 +39,10 @@ def run(args: Namespace) -> None:
         try:
             summary = first_doc_line(spec.load())
         except (ImportError, TypeError, ValueError) as err:
-            summary = f"[red]failed to load: {err}[/red]"
-        table.add_row(spec.interface, spec.short_name, spec.class_path, spec.package, summary)
+            summary = f"failed to load: {err}"
+        top_level = spec.class_path.split(".")[0]
+        package = top_level if top_level == spec.package else f"{top_level} ({spec.package})"
+        table.add_row(spec.interface, spec.short_name, spec.class_path, package, escape(summary))
     console = Console()
     if not console.is_terminal:
         console = Console(width=200)  # piped output: one line per implementation

@@ -51,7 +51,7 @@ class EmbeddingBackend(metaclass=PluginInterface):
 
     @abstractmethod
     def gather(self, rows_N: torch.Tensor) -> torch.Tensor:
-        """Rows ``rows_N`` (int64, any order, repeats allowed) as a [N, dim] tensor on ``device``."""
+        """Rows ``rows_N`` (int64, any order, repeats allowed) as [N, dim] on ``device``."""
 
     @abstractmethod
     def prefetch(self, rows_N: torch.Tensor) -> RowsHandle:

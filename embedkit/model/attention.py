@@ -13,7 +13,7 @@ from embedkit.model.rope import RotaryEmbedding
 
 
 class CausalSelfAttention(nn.Module):
-    """Multi-head causal attention: fused QKV projection, RoPE on Q and K, SDPA, output projection."""
+    """Multi-head causal attention: fused QKV projection, RoPE on Q and K, SDPA, projection."""
 
     def __init__(self, *, dim: int, num_heads: int, max_seq_len: int, rope_base: float) -> None:
         """

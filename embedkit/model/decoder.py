@@ -126,9 +126,8 @@ class Decoder(nn.Module):
                 hidden_BLD, ids_BL, self.token_embedding, features or {}
             )
         for index, layer in enumerate(self.layers):
-            sublayer = self.sublayers[str(index)] if str(index) in self.sublayers else None
-            if sublayer is not None:
-                hidden_BLD = sublayer(hidden_BLD, ids_BL)
+            if str(index) in self.sublayers:
+                hidden_BLD = self.sublayers[str(index)](hidden_BLD, ids_BL)
             hidden_BLD = layer(hidden_BLD)
         return self.norm(hidden_BLD)
 

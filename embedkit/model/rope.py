@@ -46,7 +46,9 @@ class RotaryEmbedding(nn.Module):
         return apply_rotary(x_BHLE, cos_LE2, sin_LE2)
 
 
-def apply_rotary(x_BHLE: torch.Tensor, cos_LE2: torch.Tensor, sin_LE2: torch.Tensor) -> torch.Tensor:
+def apply_rotary(
+    x_BHLE: torch.Tensor, cos_LE2: torch.Tensor, sin_LE2: torch.Tensor
+) -> torch.Tensor:
     """Rotate pairs ``(x[..., i], x[..., i + E/2])`` by the angle of their position and ``i``."""
     half = x_BHLE.shape[-1] // 2
     x1, x2 = x_BHLE[..., :half].float(), x_BHLE[..., half:].float()

@@ -35,4 +35,8 @@ class IdentityRouter(Router):
     def route(self, ids_BL: torch.Tensor, hidden_BLD: torch.Tensor | None = None) -> Routes:
         rows_P = ids_BL.reshape(-1).long()
         offsets_P1 = torch.arange(rows_P.numel() + 1, device=ids_BL.device)
-        return Routes(rows_N=rows_P, offsets_P1=offsets_P1, weights_N=torch.ones_like(rows_P, dtype=torch.float32))
+        return Routes(
+            rows_N=rows_P,
+            offsets_P1=offsets_P1,
+            weights_N=torch.ones_like(rows_P, dtype=torch.float32),
+        )
