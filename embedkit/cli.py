@@ -13,6 +13,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from embedkit.callbacks import FitSummary
 from embedkit.cli_errors import explain
+from embedkit.commands import bench as bench_command
 from embedkit.commands import plugins as plugins_command
 from embedkit.data.datamodule import TextDataModule
 from embedkit.lm import LanguageModel
@@ -20,6 +21,7 @@ from embedkit.lm import LanguageModel
 # name -> (one-line help, parser builder, runner); dispatched before LightningCLI parses.
 COMMANDS: dict[str, tuple[str, Callable[[], ArgumentParser], Callable]] = {
     "plugins": (plugins_command.HELP, plugins_command.build_parser, plugins_command.run),
+    "bench": (bench_command.HELP, bench_command.build_parser, bench_command.run),
 }
 
 
@@ -47,9 +49,10 @@ class EmbedkitCLI(LightningCLI):
 
     def _add_subcommands(self, parser: LightningArgumentParser, **kwargs) -> None:
         super()._add_subcommands(parser, **kwargs)
+        # Listed for `embedkit --help` only: main() dispatches these before LightningCLI parses.
         subcommands = parser._subcommands_action
-        for name, (help_text, build, _) in COMMANDS.items():
-            subcommands.add_subcommand(name, build(), help=help_text)
+        for name, (help_text, _, _) in COMMANDS.items():
+            subcommands.add_subcommand(name, ArgumentParser(description=help_text), help=help_text)
 
 
 def run_cli(args: Sequence[str] | None = None) -> EmbedkitCLI:
@@ -65,13 +68,13 @@ def run_cli(args: Sequence[str] | None = None) -> EmbedkitCLI:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``embedkit`` console script."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in COMMANDS:
-        _, build, run = COMMANDS[argv[0]]
-        run(build().parse_args(argv[1:]))
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in COMMANDS:
+        _, build, run = COMMANDS[args[0]]
+        run(build().parse_args(args[1:]))
         return
     try:
-        run_cli(argv)
+        run_cli(None if argv is None else args)
     except ValueError as err:
         # Bad input (a recipe value, a corpus, a store) is reported as one clear line;
         # EMBEDKIT_DEBUG=1 shows the traceback.

@@ -2,15 +2,29 @@
 
 Every backend is created empty through ``cls(num_rows=, dim=, dtype=)``; its rows are written
 with ``write`` and compared with an ``nn.Embedding`` reference holding the same values.
+
+Backends with storage are also reopened with ``open``, damaged and refused. A backend has
+storage when it lives in it (a ``location`` attribute: where ``open`` finds it) or stores
+itself on request (``save(location)``); the stored table carries the table manifest
+(``embedkit.backends.manifest``). One whose ``open`` takes ``expected=`` checks it against the
+manifest.
+
+Legend: N = number of requested rows, D = row width.
 """
 
 from __future__ import annotations
+
+import inspect
+import json
+import re
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
 from embedkit import registry
+from embedkit.backends.manifest import MANIFEST_NAME
 from embedkit.dtypes import DTYPES
 
 BACKENDS = registry.specs("EmbeddingBackend")
@@ -72,7 +86,9 @@ def test_prefetch_equals_gather(backend_cls, dtype_name, row_set):
     backend, _ = _filled(backend_cls, dtype_name)
     rows_N = ROW_SETS[row_set]
     handle = backend.prefetch(rows_N)
-    assert torch.equal(_integer_view(handle.wait().cpu()), _integer_view(backend.gather(rows_N).cpu()))
+    assert torch.equal(
+        _integer_view(handle.wait().cpu()), _integer_view(backend.gather(rows_N).cpu())
+    )
 
 
 def test_partial_write_round_trips(backend_cls, dtype_name):
@@ -107,3 +123,71 @@ def test_bad_write_is_refused_and_leaves_rows(backend_cls, values, message):
         backend.write(5, values)
     rows = torch.arange(NUM_ROWS)
     assert torch.equal(backend.gather(rows).cpu(), reference(rows))
+
+
+def _store(backend, tmp_path: Path) -> str:
+    """Where ``backend``'s table is stored; skips the test for tiers without storage."""
+    location = getattr(backend, "location", None)
+    if location is None and callable(getattr(backend, "save", None)):
+        location = str(tmp_path / "table")
+        backend.save(location)
+    if location is None:
+        pytest.skip(f"{type(backend).__name__} has no storage")
+    return location
+
+
+def _manifest_path(location: str) -> Path:
+    return Path(location) / MANIFEST_NAME
+
+
+def test_reopened_store_gives_same_rows(backend_cls, dtype_name, tmp_path):
+    backend, reference = _filled(backend_cls, dtype_name)
+    reopened = backend_cls.open(_store(backend, tmp_path))
+    assert (reopened.num_rows, reopened.dim, reopened.dtype) == (NUM_ROWS, DIM, DTYPES[dtype_name])
+    rows_N = ROW_SETS["random"]
+    assert torch.equal(
+        _integer_view(reopened.gather(rows_N).cpu()), _integer_view(reference(rows_N))
+    )
+
+
+def test_truncated_store_is_refused_naming_the_file(backend_cls, tmp_path):
+    backend, _ = _filled(backend_cls, "float32")
+    location = _store(backend, tmp_path)
+    files = [p for p in Path(location).rglob("*") if p.is_file() and p.name != MANIFEST_NAME]
+    victim = max(files, key=lambda p: p.stat().st_size)
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    with pytest.raises(ValueError, match=re.escape(str(victim))):
+        backend_cls.open(location).gather(torch.arange(NUM_ROWS))
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda path: path.unlink(), "missing"),
+        (lambda path: path.write_text("{not json"), "not a valid embedkit table manifest"),
+        (lambda path: _edit(path, num_rows=NUM_ROWS + 1), None),
+        (lambda path: _edit(path, dim=DIM - 1), None),
+    ],
+    ids=["missing", "corrupt", "num-rows-not-the-data", "dim-not-the-data"],
+)
+def test_manifest_not_describing_the_store_is_refused(backend_cls, tmp_path, damage, message):
+    backend, _ = _filled(backend_cls, "float32")
+    location = _store(backend, tmp_path)
+    damage(_manifest_path(location))
+    with pytest.raises(ValueError, match=message) as caught:
+        backend_cls.open(location).gather(torch.arange(NUM_ROWS))
+    assert location in str(caught.value)
+
+
+def _edit(path: Path, **fields: object) -> None:
+    path.write_text(json.dumps({**json.loads(path.read_text()), **fields}))
+
+
+def test_store_not_matching_expectations_is_refused(backend_cls, tmp_path):
+    if "expected" not in inspect.signature(backend_cls.open).parameters:
+        pytest.skip(f"{backend_cls.__name__}.open takes no expected=")
+    backend, _ = _filled(backend_cls, "float32")
+    location = _store(backend, tmp_path)
+    backend_cls.open(location, expected={"num_rows": NUM_ROWS, "dim": DIM, "dtype": "float32"})
+    with pytest.raises(ValueError, match=rf"dim={DIM}, expected {DIM + 1}.*dtype='float32'"):
+        backend_cls.open(location, expected={"dim": DIM + 1, "dtype": "bfloat16"})

@@ -92,6 +92,11 @@ class PinnedCPUBackend(EmbeddingBackend):
         self._gpu_reads = False
 
     @property
+    def host_table(self) -> torch.Tensor:
+        """The page-locked [rows, dim] table itself (read it; write through ``write``)."""
+        return self._table_RD
+
+    @property
     def num_rows(self) -> int:
         return self._table_RD.shape[0]
 

@@ -1,0 +1,57 @@
+"""``embedkit bench``: measured benchmarks whose results are kept under docs/benchmarks/."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+
+from jsonargparse import ArgumentParser, Namespace
+
+HELP = "Benchmarks (storage); results as JSON, Markdown and PNG under docs/benchmarks/."
+
+
+def build_parser() -> ArgumentParser:
+    """Arguments of ``embedkit bench`` and its subcommands."""
+    parser = ArgumentParser(prog="embedkit bench", description=HELP)
+    subcommands = parser.add_subcommands(dest="benchmark")
+    storage = ArgumentParser(description="Gather latency and GB/s of every storage tier.")
+    storage.add_argument("--rows", type=int, default=1_000_000, help="Rows of the table.")
+    storage.add_argument("--dim", type=int, default=1024, help="Width of a row.")
+    storage.add_argument("--dtype", type=str, default="bfloat16", help="Element type.")
+    storage.add_argument(
+        "--batch_sizes",
+        type=list[int],
+        default=[64, 256, 1024, 4096, 16384, 65536],
+        help="Rows per gather.",
+    )
+    storage.add_argument(
+        "--zarr_rows", type=int, default=2_000_000, help="Rows of the Zarr store (its prefix)."
+    )
+    storage.add_argument(
+        "--zarr_path", type=str | None, default=None, help="Folder for the store (default: tmp)."
+    )
+    storage.add_argument("--repeats", type=int, default=50, help="Timed calls per size.")
+    storage.add_argument("--output", type=str, default="docs/benchmarks", help="Result folder.")
+    subcommands.add_subcommand("storage", storage, help="Storage tiers against hardware limits.")
+    return parser
+
+
+def run(args: Namespace) -> None:
+    """Run the chosen benchmark and write its report."""
+    if args.benchmark == "storage":
+        from embedkit.bench.report import write_storage_report
+        from embedkit.bench.storage import run_storage_bench
+
+        opts = args.storage
+        results = run_storage_bench(
+            num_rows=opts.rows,
+            dim=opts.dim,
+            dtype=opts.dtype,
+            batch_sizes=opts.batch_sizes,
+            zarr_rows=opts.zarr_rows,
+            zarr_path=opts.zarr_path,
+            repeats=opts.repeats,
+        )
+        command = "embedkit " + shlex.join(sys.argv[1:])
+        for path in write_storage_report(results, opts.output, command=command):
+            print(f"wrote {path}")
