@@ -127,7 +127,6 @@ class LanguageModel(L.LightningModule):
             ],
             lr=self.hparams.lr,
             betas=self.hparams.betas,
-            fused=self.device.type == "cuda",
         )
         schedule = partial(
             warmup_cosine,

@@ -147,3 +147,22 @@ def test_shards_of_another_tokenizer_are_refused(tmp_path):
     )
     assert second.returncode == 2, second.stderr[-2000:]
     assert "data.tokenizer" in second.stderr and "shards" in second.stderr
+
+
+def test_tables_move_tier_by_overlay_alone(tmp_path):
+    recipe = ROOT / "recipes" / "tiny" / "token-table.yaml"
+    fit = embedkit(
+        "fit", "--config", str(recipe), *SHORT, "--trainer.default_root_dir=run", cwd=tmp_path
+    )
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    checkpoint = sorted((tmp_path / "run").rglob("*.ckpt"))[-1]
+    perplexities = {}
+    for tier in ("gpu", "pinned", "zarr"):
+        overlay = ROOT / "recipes" / "storage" / f"{tier}.yaml"
+        result = embedkit(
+            "validate", "--config", str(recipe), "--config", str(overlay), *SHORT,
+            f"--ckpt_path={checkpoint}", cwd=tmp_path,
+        )  # fmt: skip
+        assert result.returncode == 0, (tier, result.stderr[-3000:])
+        perplexities[tier] = re.search(r"val/perplexity\s*│\s*([\d.]+)", result.stdout).group(1)
+    assert len(set(perplexities.values())) == 1, perplexities

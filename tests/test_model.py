@@ -112,7 +112,7 @@ def test_tied_and_untied_heads():
 class AddBias(Sublayer):
     """A test sublayer that adds a learned vector to the residual stream."""
 
-    def __init__(self, dim: int, *, before_layer: int = 1) -> None:
+    def __init__(self, dim: int, vocab_size: int = 0, tables=None, *, before_layer: int = 1):
         super().__init__()
         self._before = before_layer
         self.bias = nn.Parameter(torch.ones(dim))
@@ -139,7 +139,7 @@ def test_sublayer_is_inserted_and_placed():
 @pytest.mark.parametrize("position", [0, 3])
 def test_sublayer_position_is_validated(position):
     with pytest.raises(ValueError, match=f"before_layer={position}.*1 .. 2"):
-        _decoder(sublayers=[lambda dim: AddBias(dim, before_layer=position)])
+        _decoder(sublayers=[lambda dim, vocab, tables: AddBias(dim, before_layer=position)])
 
 
 class ZeroSecondPosition(InputEmbedding):
@@ -151,7 +151,7 @@ class ZeroSecondPosition(InputEmbedding):
 
 
 def test_input_embedding_replaces_positions():
-    decoder = _decoder(input_embedding=lambda dim: ZeroSecondPosition())
+    decoder = _decoder(input_embedding=lambda dim, vocab, tables: ZeroSecondPosition())
     ids_BL = torch.randint(0, 40, (1, 6))
     replace_BL = torch.zeros(1, 6, dtype=torch.bool)
     replace_BL[0, 1] = True

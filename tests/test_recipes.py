@@ -37,3 +37,15 @@ def test_recipe_validates_and_round_trips(recipe, tmp_path):
     saved = tmp_path / "resolved.yaml"
     saved.write_text(printed)
     assert print_config("--config", str(saved)) == printed
+
+
+OVERLAYS = sorted((ROOT / "recipes" / "storage").glob("*.yaml"))
+TIER_CLASSES = {"gpu": "GPUBackend", "pinned": "PinnedCPUBackend", "zarr": "ZarrBackend"}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=[o.stem for o in OVERLAYS])
+@pytest.mark.parametrize("recipe", STANDALONE, ids=[r.stem for r in STANDALONE])
+def test_storage_overlay_moves_every_table(recipe, overlay):
+    printed = yaml.safe_load(print_config("--config", str(recipe), "--config", str(overlay)))
+    backend = printed["model"]["decoder"]["init_args"]["table_backend"]["class_path"]
+    assert backend.endswith("." + TIER_CLASSES[overlay.stem])

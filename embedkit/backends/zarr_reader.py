@@ -29,7 +29,7 @@ from embedkit.backends.zarr_format import StoreFiles, TableLayout
 
 NO_CHUNK = 2**64 - 1
 MAX_OPEN_SHARDS = 1024
-PARALLEL_MIN_ROWS = 4096  # local uncompressed reads of fewer rows use the calling thread
+PARALLEL_MIN_ROWS = 8192  # local uncompressed reads of fewer rows use the calling thread
 PARALLEL_MIN_CHUNKS = 8  # ... and remote reads of fewer rows
 DECOMPRESS = {"zstd": zstd.decompress, "blosc-lz4": blosc.decompress}  # (source, dest)
 

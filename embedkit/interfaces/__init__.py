@@ -1,6 +1,6 @@
 """The interfaces every embedkit component implements (see docs/architecture.md)."""
 
-from embedkit.interfaces.backend import EmbeddingBackend, RowsHandle
+from embedkit.interfaces.backend import EmbeddingBackend, RowsHandle, TableFactory
 from embedkit.interfaces.feed_forward import FeedForward
 from embedkit.interfaces.input_embedding import InputEmbedding
 from embedkit.interfaces.router import Router, Routes
@@ -15,5 +15,6 @@ __all__ = [
     "Routes",
     "RowsHandle",
     "Sublayer",
+    "TableFactory",
     "VocabExtension",
 ]

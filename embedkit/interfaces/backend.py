@@ -6,6 +6,7 @@ Legend: N = number of requested rows, D = row width (``dim``).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 
 import torch
 
@@ -65,3 +66,8 @@ class EmbeddingBackend(metaclass=PluginInterface):
     @abstractmethod
     def open(cls, location: str) -> EmbeddingBackend:
         """Open an existing table stored at ``location`` (tiers without storage raise)."""
+
+
+TableFactory = Callable[[int, int, str], EmbeddingBackend]
+"""Creates an empty table: called as ``factory(num_rows=, dim=, dtype=)``. Recipes give a
+backend class (and its other arguments), e.g. ``table_backend: PinnedCPUBackend``."""

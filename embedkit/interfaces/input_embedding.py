@@ -17,7 +17,8 @@ from embedkit.registry import PluginInterface
 class InputEmbedding(nn.Module, metaclass=PluginInterface):
     """Computes the decoder's input vectors from the ordinary token embeddings and per-position
     features of the batch (such as pre-tagged f-gram ids). The decoder builds it passing the
-    model width."""
+    model width, the vocabulary size and the table factory (``TableFactory``) for any table
+    it owns."""
 
     __plugin_interface__ = True
 

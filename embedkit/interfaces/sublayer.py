@@ -15,7 +15,8 @@ from embedkit.registry import PluginInterface
 
 class Sublayer(nn.Module, metaclass=PluginInterface):
     """A residual-stream block that runs before decoder layer ``before_layer`` and may read the
-    token ids (static routing). The decoder builds it passing the model width."""
+    token ids (static routing). The decoder builds it passing the model width, the vocabulary
+    size and the table factory (``TableFactory``) for any table it owns."""
 
     __plugin_interface__ = True
 

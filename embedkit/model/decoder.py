@@ -10,12 +10,14 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 from torch import nn
 
-from embedkit.interfaces import FeedForward, InputEmbedding, Sublayer
+from embedkit.backends.gpu import GPUBackend
+from embedkit.interfaces import FeedForward, InputEmbedding, Sublayer, TableFactory
 from embedkit.model.attention import CausalSelfAttention
 
 FeedForwardFactory = Callable[[int], FeedForward]
-SublayerFactory = Callable[[int], Sublayer]
-InputEmbeddingFactory = Callable[[int], InputEmbedding]
+# Parts that may own lookup tables are built from (width, vocabulary size, table factory).
+SublayerFactory = Callable[[int, int, TableFactory], Sublayer]
+InputEmbeddingFactory = Callable[[int, int, TableFactory], InputEmbedding]
 
 
 class DecoderLayer(nn.Module):
@@ -54,6 +56,7 @@ class Decoder(nn.Module):
         tie_embeddings: bool = True,
         sublayers: Sequence[SublayerFactory] = (),
         input_embedding: InputEmbeddingFactory | None = None,
+        table_backend: TableFactory = GPUBackend,
         init_std: float = 0.02,
     ) -> None:
         """
@@ -68,10 +71,16 @@ class Decoder(nn.Module):
                 when first needed).
             rope_base: Wavelength base of the rotary frequencies.
             tie_embeddings: Share the token embedding with the output head.
-            sublayers: Blocks inserted between decoder layers, each built from the model width
-                and placed by its own ``before_layer``.
+            sublayers: Blocks inserted between decoder layers, each built from the model width,
+                the vocabulary size and ``table_backend``, and placed by its own
+                ``before_layer``.
             input_embedding: Replaces the token embedding per position (e.g. SCONE), built
-                from the model width; ``None`` keeps plain token embeddings.
+                from the model width, the vocabulary size and ``table_backend``; ``None``
+                keeps plain token embeddings.
+            table_backend: The storage tier of every lookup table the parts own: a backend
+                class and its arguments (``GPUBackend`` trains; ``PinnedCPUBackend``,
+                ``ZarrBackend`` and plugins hold frozen tables off the accelerator). The
+                overlays ``recipes/storage/*.yaml`` set it.
             init_std: Standard deviation of the normal initialisation of weights; residual
                 output projections are scaled down by ``sqrt(2 * num_layers)``.
         """
@@ -93,7 +102,7 @@ class Decoder(nn.Module):
         )
         self.sublayers = nn.ModuleDict()
         for build in sublayers:
-            sublayer = build(dim)
+            sublayer = build(dim, vocab_size, table_backend)
             position = sublayer.before_layer
             if not 1 <= position < num_layers:
                 raise ValueError(
@@ -103,7 +112,9 @@ class Decoder(nn.Module):
             if str(position) in self.sublayers:
                 raise ValueError(f"model.decoder.sublayers: two sublayers before layer {position}")
             self.sublayers[str(position)] = sublayer
-        self.input_embedding = input_embedding(dim) if input_embedding is not None else None
+        self.input_embedding = (
+            input_embedding(dim, vocab_size, table_backend) if input_embedding is not None else None
+        )
         self.norm = nn.RMSNorm(dim)
         self.head = nn.Linear(dim, vocab_size, bias=False)
         self._init_weights(init_std, num_layers)
