@@ -15,6 +15,7 @@ from embedkit.callbacks import FitSummary
 from embedkit.cli_errors import explain
 from embedkit.commands import bench as bench_command
 from embedkit.commands import plugins as plugins_command
+from embedkit.commands import table as table_command
 from embedkit.data.datamodule import TextDataModule
 from embedkit.lm import LanguageModel
 
@@ -22,6 +23,7 @@ from embedkit.lm import LanguageModel
 COMMANDS: dict[str, tuple[str, Callable[[], ArgumentParser], Callable]] = {
     "plugins": (plugins_command.HELP, plugins_command.build_parser, plugins_command.run),
     "bench": (bench_command.HELP, bench_command.build_parser, bench_command.run),
+    "table": (table_command.HELP, table_command.build_parser, table_command.run),
 }
 
 
@@ -69,12 +71,12 @@ def run_cli(args: Sequence[str] | None = None) -> EmbedkitCLI:
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``embedkit`` console script."""
     args = list(sys.argv[1:] if argv is None else argv)
-    if args and args[0] in COMMANDS:
-        _, build, run = COMMANDS[args[0]]
-        run(build().parse_args(args[1:]))
-        return
     try:
-        run_cli(None if argv is None else args)
+        if args and args[0] in COMMANDS:
+            _, build, run = COMMANDS[args[0]]
+            run(build().parse_args(args[1:]))
+        else:
+            run_cli(None if argv is None else args)
     except ValueError as err:
         # Bad input (a recipe value, a corpus, a store) is reported as one clear line;
         # EMBEDKIT_DEBUG=1 shows the traceback.

@@ -5,31 +5,27 @@ On CUDA, ``gather`` is a Triton kernel reading rows from host memory through UVA
 ``index_select`` (``prefetch`` in a background thread). Rows given on the host (the normal
 case) are validated (``IndexError``); rows already on the GPU are not, as that needs a host
 sync: the kernel yields a zero row for an out-of-range index and never reads outside the table.
-Stored as a directory: ``table.bin`` (raw row-major bytes) and the table manifest.
+Stored as a directory: ``table.bin`` (raw row-major bytes) and the table manifest, written
+and read by ``embedkit.backends.raw_table``.
 
 Legend: N = number of requested rows, R = rows of the table, D = row width.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
-import shutil
-import tempfile
-import uuid
+from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
 
 import torch
 
-from embedkit.backends.manifest import MANIFEST_NAME, TableManifest, read_manifest, write_manifest
+from embedkit.backends.manifest import TableManifest
+from embedkit.backends.raw_table import TABLE_FILE as TABLE_FILE  # re-exported: the stored form
+from embedkit.backends.raw_table import read_raw_table, save_raw_table
 from embedkit.backends.validation import check_block, check_rows
-from embedkit.dtypes import DTypeName, dtype_from_name, dtype_name
+from embedkit.dtypes import DTypeName, dtype_from_name
 from embedkit.interfaces import EmbeddingBackend, RowsHandle
 
-TABLE_FILE = "table.bin"
 TIER = "pinned"
-IO_BLOCK_BYTES = 64 << 20
 
 
 class StreamRows(RowsHandle):
@@ -186,52 +182,33 @@ class PinnedCPUBackend(EmbeddingBackend):
         what made the table (e.g. ``{"vocab_hash": ...}``). An existing table at ``location``
         is replaced; any other existing non-empty path is refused.
         """
-        target = Path(location)
-        if target.exists() and not _replaceable(target):
-            raise ValueError(f"{target} exists and holds no embedkit table; not replacing it")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-        try:
-            digest = _write_bytes(staging / TABLE_FILE, self._bytes(), hash_it=not content_hash)
-            manifest = TableManifest(
-                num_rows=self.num_rows,
-                dim=self.dim,
-                dtype=dtype_name(self.dtype),
-                tier=TIER,
-                codec="none",
-                content_hash=content_hash or digest,
-                producer=dict(producer or {}),
-            )
-            write_manifest(staging, manifest)
-            _swap_in(staging, target)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        return manifest
+        return save_raw_table(
+            location, self._table_RD, tier=TIER, content_hash=content_hash, producer=producer
+        )
 
     @classmethod
-    def open(cls, location: str, *, device: str = "auto") -> PinnedCPUBackend:
-        """Read the table stored at directory ``location`` into pinned memory."""
-        directory = Path(location)
-        manifest = read_manifest(directory)
-        manifest.check_matches(source=str(directory), tier=TIER, codec="none")
-        dtype = dtype_from_name(manifest.dtype)
-        path = directory / TABLE_FILE
-        if not path.is_file():
-            raise ValueError(f"{directory} has a table manifest but no {TABLE_FILE}")
-        expected, actual = manifest.num_rows * manifest.dim * dtype.itemsize, path.stat().st_size
-        if actual != expected:
-            raise ValueError(
-                f"{path} holds {actual} bytes, expected {expected} ({manifest.num_rows} rows "
-                f"x {manifest.dim} {manifest.dtype} values): truncated, or not this table"
-            )
-        backend = cls.__new__(cls)
-        backend._setup(manifest.num_rows, manifest.dim, dtype, device)
-        _read_bytes(path, backend._bytes())
-        return backend
+    def open(
+        cls,
+        location: str,
+        *,
+        expected: Mapping[str, object] | None = None,
+        device: str = "auto",
+    ) -> PinnedCPUBackend:
+        """Read the table stored at directory ``location`` into pinned memory.
 
-    def _bytes(self):  # the table's bytes as a flat, writable numpy uint8 view
-        return self._table_RD.view(torch.uint8).reshape(-1).numpy()
+        ``expected`` holds manifest fields the caller relies on (``num_rows``, ``dim``,
+        ``dtype``, ``content_hash``, ``producer={"vocab_hash": ...}``); a ``ValueError`` names
+        each one that differs. ``device`` is that of the constructor.
+        """
+        backend = cls.__new__(cls)
+
+        def into(manifest: TableManifest) -> torch.Tensor:
+            dtype = dtype_from_name(manifest.dtype)
+            backend._setup(manifest.num_rows, manifest.dim, dtype, device)
+            return backend._table_RD
+
+        read_raw_table(location, tier=TIER, into=into, expected=expected)
+        return backend
 
     def _rows_on_device(self, rows_N: torch.Tensor) -> torch.Tensor:
         if rows_N.is_cuda:
@@ -265,40 +242,3 @@ def _resolve_device(device: str) -> torch.device:
         raise ValueError(f"device={device!r} but CUDA is not available; valid here: auto, cpu")
     index = torch.cuda.current_device() if resolved.index is None else resolved.index
     return torch.device("cuda", index)
-
-
-def _replaceable(target: Path) -> bool:
-    return target.is_dir() and ((target / MANIFEST_NAME).is_file() or not any(target.iterdir()))
-
-
-def _swap_in(staging: Path, target: Path) -> None:
-    """Rename ``staging`` to ``target``; a reader sees the old table, none, or the new one."""
-    retired = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
-    if target.exists():
-        os.rename(target, retired)
-    os.rename(staging, target)
-    shutil.rmtree(retired, ignore_errors=True)
-
-
-def _write_bytes(path: Path, flat, *, hash_it: bool) -> str:
-    digest = hashlib.sha256()
-    with open(path, "wb") as handle:
-        for start in range(0, flat.nbytes, IO_BLOCK_BYTES):
-            block = flat[start : start + IO_BLOCK_BYTES]
-            handle.write(block)
-            if hash_it:
-                digest.update(block)
-        handle.flush()
-        os.fsync(handle.fileno())
-    return digest.hexdigest() if hash_it else ""
-
-
-def _read_bytes(path: Path, flat) -> None:
-    view = memoryview(flat)
-    with open(path, "rb", buffering=0) as handle:
-        done = 0
-        while done < flat.nbytes:
-            got = handle.readinto(view[done : done + IO_BLOCK_BYTES])
-            if not got:
-                raise ValueError(f"{path} ended after {done} bytes, expected {flat.nbytes}")
-            done += got

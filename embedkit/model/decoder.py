@@ -24,7 +24,13 @@ class DecoderLayer(nn.Module):
     """Pre-norm block: ``x + attn(norm(x))`` then ``x + feed_forward(norm(x))``."""
 
     def __init__(
-        self, *, dim: int, num_heads: int, max_seq_len: int, rope_base: float, ffn: FeedForward
+        self,
+        *,
+        dim: int,
+        num_heads: int,
+        max_seq_len: int,
+        rope_base: float | None,
+        ffn: FeedForward,
     ) -> None:
         super().__init__()
         self.attn_norm = nn.RMSNorm(dim)
