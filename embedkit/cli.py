@@ -59,6 +59,7 @@ class EmbedkitCLI(LightningCLI):
 
 def run_cli(args: Sequence[str] | None = None) -> EmbedkitCLI:
     """Run LightningCLI with embedkit's model, data module and defaults."""
+    torch.set_float32_matmul_precision("high")  # TF32 for any fp32 matmul left on Ampere+
     return EmbedkitCLI(
         LanguageModel,
         TextDataModule,

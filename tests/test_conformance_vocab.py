@@ -12,7 +12,9 @@ import pytest
 from embedkit import registry
 from tests.support.bigram_vocab import BigramVocab
 
-EXAMPLES: dict[str, object] = {}
+EXAMPLES: dict[str, object] = {
+    "FGramVocab": lambda cls: cls(min_count=2, num_entries=1_000),
+}
 
 VOCABS = [(s.short_name, s) for s in registry.specs("VocabExtension")]
 CASES = [*VOCABS, ("reference:BigramVocab", None)]
