@@ -326,3 +326,31 @@ def test_data_dir_of_another_tokenizer_is_refused(folder, tmp_path):
             data.setup("fit")
         assert f"data.data_dir={shards!r}" in str(error.value)
         assert "another data_dir" in str(error.value)
+
+
+def test_features_are_tagged_once_and_windowed(tmp_path):
+    from tests.support.bigram_vocab import BigramVocab
+
+    data = TextDataModule(
+        tokenizer=ByteTokenizer(), seq_len=16, batch_size=2, cache_dir=str(tmp_path)
+    )
+    data.prepare_data()
+    data.setup("fit")
+    vocab = BigramVocab(min_count=50)
+    vocab.fit([data.shards.train_N])
+    data.add_feature("bigram_ids", vocab)
+    batch = next(iter(data.train_dataloader()))
+    ids_BL, tags_BL = batch["input_ids"], batch["bigram_ids"]
+    assert tags_BL.shape == ids_BL.shape
+    for row_ids, row_tags in zip(ids_BL.numpy(), tags_BL.numpy(), strict=True):
+        expected = vocab.lookup(row_ids)
+        np.testing.assert_array_equal(row_tags[1:], expected[1:])  # position 0 has context
+    stored = list((data.data_dir / "features").glob("bigram_ids-*.train.bin"))
+    assert len(stored) == 1
+    before = stored[0].stat().st_mtime_ns
+    val = next(iter(data.val_dataloader()))
+    np.testing.assert_array_equal(
+        val["bigram_ids"][0, 1:].numpy(), vocab.lookup(val["input_ids"][0].numpy())[1:]
+    )
+    data.features("train")
+    assert stored[0].stat().st_mtime_ns == before, "tags are computed once"

@@ -17,10 +17,12 @@ import numpy as np
 from torch.utils.data import DataLoader
 
 from embedkit.data.corpus import BundledCorpus, Corpus
+from embedkit.data.features import feature_path, tag_split
 from embedkit.data.shards import MANIFEST_FILE, TokenShards, write_shards
 from embedkit.data.text import digest, split_fingerprint, train_heads
 from embedkit.data.tokenizers import BPETokenizer, Tokenizer
 from embedkit.data.windows import EpochSampler, RandomWindows, ValidationWindows
+from embedkit.interfaces import VocabExtension
 
 # Tokens counted per step when a statistic streams over a split.
 _STREAM_TOKENS = 1 << 24
@@ -92,6 +94,7 @@ class TextDataModule(L.LightningDataModule):
         self._data_dir = Path(data_dir).expanduser() if data_dir is not None else None
         self._tokenizer_ready = False
         self._shards: TokenShards | None = None
+        self._feature_vocabs: dict[str, VocabExtension] = {}
 
     @property
     def tokenizer(self) -> Tokenizer:
@@ -151,18 +154,36 @@ class TextDataModule(L.LightningDataModule):
             raise RuntimeError("TextDataModule.shards is used before prepare_data() and setup()")
         return self._shards
 
+    def add_feature(self, name: str, vocab: VocabExtension) -> None:
+        """Give every window the entry ids of ``vocab`` at its input positions, under ``name``
+        (tagged once per split and stored beside the shards). Called by the model's parts
+        through ``LanguageModel.setup``, before the data loaders are built."""
+        self._feature_vocabs[name] = vocab
+
+    def features(self, split: str) -> dict[str, np.ndarray]:
+        """The per-token features of ``split`` ("train" or "val"), tagging them if needed."""
+        tokens_N = self.shards.train_N if split == "train" else self.shards.val_N
+        return {
+            name: tag_split(tokens_N, vocab, feature_path(self.data_dir, name, vocab, split))
+            for name, vocab in self._feature_vocabs.items()
+        }
+
     def train_dataloader(self) -> DataLoader:
         windows = RandomWindows(
             self.shards.train_N,
             seq_len=self.seq_len,
             num_samples=self.train_samples_per_epoch,
             seed=self.seed,
+            features=self.features("train"),
         )
         sampler = EpochSampler(num_samples=self.train_samples_per_epoch)
         return self._loader(windows, sampler=sampler, drop_last=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(ValidationWindows(self.shards.val_N, seq_len=self.seq_len))
+        windows = ValidationWindows(
+            self.shards.val_N, seq_len=self.seq_len, features=self.features("val")
+        )
+        return self._loader(windows)
 
     def test_dataloader(self) -> DataLoader:
         return self.val_dataloader()

@@ -1,7 +1,9 @@
 """Windows of a token array as ``torch`` datasets: random ones to train on, a tiling to evaluate.
 
 Every item is ``{"input_ids": LongTensor[L], "targets": LongTensor[L]}`` where ``targets`` are
-the inputs shifted by one token; ``IGNORE_INDEX`` marks targets to leave out of the loss.
+the inputs shifted by one token; ``IGNORE_INDEX`` marks targets to leave out of the loss. Each
+per-token feature array given (aligned with the tokens) adds its window of the input positions
+under its name (-1 at padding).
 
 Legend: N = number of tokens of the array, L = window length (``seq_len``).
 """
@@ -27,13 +29,22 @@ class RandomWindows(Dataset):
     ``EpochSampler`` gives epoch ``e`` the items ``e * len`` to ``(e + 1) * len - 1``.
     """
 
-    def __init__(self, tokens_N: np.ndarray, *, seq_len: int, num_samples: int, seed: int) -> None:
+    def __init__(
+        self,
+        tokens_N: np.ndarray,
+        *,
+        seq_len: int,
+        num_samples: int,
+        seed: int,
+        features: dict[str, np.ndarray] | None = None,
+    ) -> None:
         """
         Args:
             tokens_N: The token ids (e.g. a memmap of the training split).
             seq_len: Length ``L`` of the inputs and of the targets.
             num_samples: Number of windows per epoch.
             seed: Seed of the positions.
+            features: Per-token arrays aligned with ``tokens_N``, windowed with the inputs.
         """
         if len(tokens_N) <= seq_len:
             raise ValueError(
@@ -44,6 +55,7 @@ class RandomWindows(Dataset):
         self.seq_len = seq_len
         self.num_samples = num_samples
         self.seed = seed
+        self.features = dict(features or {})
 
     def __len__(self) -> int:
         return self.num_samples
@@ -52,13 +64,16 @@ class RandomWindows(Dataset):
         rng = np.random.default_rng([self.seed, index])
         start = int(rng.integers(0, len(self.tokens_N) - self.seq_len))
         window = torch.from_numpy(self.tokens_N[start : start + self.seq_len + 1].astype(np.int64))
-        return {"input_ids": window[:-1], "targets": window[1:]}
+        item = {"input_ids": window[:-1], "targets": window[1:]}
+        for name, feature_N in self.features.items():
+            item[name] = torch.from_numpy(feature_N[start : start + self.seq_len].astype(np.int64))
+        return item
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "tokens_N": _MemmapRef.of(self.tokens_N)}
+        return _state_with_refs(self)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state, tokens_N=_MemmapRef.resolve(state["tokens_N"]))
+        _restore_refs(self, state)
 
 
 class EpochSampler(Sampler[int]):
@@ -87,11 +102,14 @@ class ValidationWindows(Dataset):
     """Consecutive non-overlapping windows in which every token after the first is a target
     exactly once; the last window is padded (inputs with 0, targets with ``IGNORE_INDEX``)."""
 
-    def __init__(self, tokens_N: np.ndarray, *, seq_len: int) -> None:
+    def __init__(
+        self, tokens_N: np.ndarray, *, seq_len: int, features: dict[str, np.ndarray] | None = None
+    ) -> None:
         """
         Args:
             tokens_N: The token ids (e.g. a memmap of the validation split).
             seq_len: Length ``L`` of the inputs and of the targets.
+            features: Per-token arrays aligned with ``tokens_N``, windowed with the inputs.
         """
         if len(tokens_N) < 2:
             raise ValueError(
@@ -100,6 +118,7 @@ class ValidationWindows(Dataset):
             )
         self.tokens_N = tokens_N
         self.seq_len = seq_len
+        self.features = dict(features or {})
 
     @property
     def num_targets(self) -> int:
@@ -119,13 +138,32 @@ class ValidationWindows(Dataset):
         targets_L = torch.full((self.seq_len,), IGNORE_INDEX, dtype=torch.int64)
         input_ids_L[:num_valid] = torch.from_numpy(window[:-1])
         targets_L[:num_valid] = torch.from_numpy(window[1:])
-        return {"input_ids": input_ids_L, "targets": targets_L}
+        item = {"input_ids": input_ids_L, "targets": targets_L}
+        for name, feature_N in self.features.items():
+            feature_L = torch.full((self.seq_len,), -1, dtype=torch.int64)
+            feature_L[:num_valid] = torch.from_numpy(
+                feature_N[start : start + num_valid].astype(np.int64)
+            )
+            item[name] = feature_L
+        return item
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "tokens_N": _MemmapRef.of(self.tokens_N)}
+        return _state_with_refs(self)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state, tokens_N=_MemmapRef.resolve(state["tokens_N"]))
+        _restore_refs(self, state)
+
+
+def _state_with_refs(dataset: Dataset) -> dict[str, Any]:
+    features = {name: _MemmapRef.of(f) for name, f in dataset.features.items()}
+    return {**dataset.__dict__, "tokens_N": _MemmapRef.of(dataset.tokens_N), "features": features}
+
+
+def _restore_refs(dataset: Dataset, state: dict[str, Any]) -> None:
+    features = {name: _MemmapRef.resolve(f) for name, f in state["features"].items()}
+    dataset.__dict__.update(
+        state, tokens_N=_MemmapRef.resolve(state["tokens_N"]), features=features
+    )
 
 
 class _MemmapRef:
