@@ -14,8 +14,10 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from embedkit.callbacks import FitSummary
 from embedkit.cli_errors import explain
 from embedkit.commands import bench as bench_command
+from embedkit.commands import export as export_command
 from embedkit.commands import plugins as plugins_command
 from embedkit.commands import table as table_command
+from embedkit.commands import vocab as vocab_command
 from embedkit.data.datamodule import TextDataModule
 from embedkit.lm import LanguageModel
 
@@ -24,6 +26,8 @@ COMMANDS: dict[str, tuple[str, Callable[[], ArgumentParser], Callable]] = {
     "plugins": (plugins_command.HELP, plugins_command.build_parser, plugins_command.run),
     "bench": (bench_command.HELP, bench_command.build_parser, bench_command.run),
     "table": (table_command.HELP, table_command.build_parser, table_command.run),
+    "vocab": (vocab_command.HELP, vocab_command.build_parser, vocab_command.run),
+    "export": (export_command.HELP, export_command.build_parser, export_command.run),
 }
 
 
@@ -49,6 +53,14 @@ class EmbedkitCLI(LightningCLI):
             "data.vocab_size", "model.decoder.init_args.vocab_size", apply_on="instantiate"
         )
 
+    def _parse_ckpt_path(self) -> None:
+        """Keep the recipe's configuration when a checkpoint is given.
+
+        LightningCLI would replace the model's configuration with the hyperparameters saved in
+        the checkpoint; embedkit takes only the weights from it, so that evaluation can move
+        tables to another tier or read an exported table by configuration alone.
+        """
+
     def _add_subcommands(self, parser: LightningArgumentParser, **kwargs) -> None:
         super()._add_subcommands(parser, **kwargs)
         # Listed for `embedkit --help` only: main() dispatches these before LightningCLI parses.
@@ -57,8 +69,9 @@ class EmbedkitCLI(LightningCLI):
             subcommands.add_subcommand(name, ArgumentParser(description=help_text), help=help_text)
 
 
-def run_cli(args: Sequence[str] | None = None) -> EmbedkitCLI:
-    """Run LightningCLI with embedkit's model, data module and defaults."""
+def run_cli(args: Sequence[str] | None = None, *, run: bool = True) -> EmbedkitCLI:
+    """Run LightningCLI with embedkit's model, data module and defaults (``run=False``: only
+    parse the recipe and instantiate its parts)."""
     torch.set_float32_matmul_precision("high")  # TF32 for any fp32 matmul left on Ampere+
     return EmbedkitCLI(
         LanguageModel,
@@ -66,6 +79,7 @@ def run_cli(args: Sequence[str] | None = None) -> EmbedkitCLI:
         trainer_defaults={"precision": default_precision(), "callbacks": [FitSummary()]},
         parser_class=EmbedkitArgumentParser,
         args=args,
+        run=run,
     )
 
 

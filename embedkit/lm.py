@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch.optim.lr_scheduler import LambdaLR
 
+from embedkit.interfaces import DataConnected
 from embedkit.metrics import SummedPerplexity
 from embedkit.model.decoder import Decoder
 from embedkit.schedule import warmup_cosine
@@ -52,6 +53,15 @@ class LanguageModel(L.LightningModule):
         self.test_perplexity = SummedPerplexity()
         self.tokens_seen = 0
         self._last_batch_end: float | None = None
+
+    def setup(self, stage: str) -> None:
+        """Connect the decoder's parts to the data module (see ``DataConnected``)."""
+        datamodule = self.trainer.datamodule
+        if datamodule is None:
+            return
+        for part in self.decoder.modules():
+            if isinstance(part, DataConnected):
+                part.connect(datamodule)
 
     def forward(self, ids_BL: torch.Tensor, features: dict | None = None) -> torch.Tensor:
         """Logits [B, L, V] for token ids ``ids_BL``."""

@@ -1,6 +1,7 @@
 """The interfaces every embedkit component implements (see docs/architecture.md)."""
 
 from embedkit.interfaces.backend import EmbeddingBackend, RowsHandle, TableFactory
+from embedkit.interfaces.data_connected import DataConnected
 from embedkit.interfaces.feed_forward import FeedForward
 from embedkit.interfaces.input_embedding import InputEmbedding
 from embedkit.interfaces.router import Router, Routes
@@ -8,6 +9,7 @@ from embedkit.interfaces.sublayer import Sublayer
 from embedkit.interfaces.vocab import VocabExtension
 
 __all__ = [
+    "DataConnected",
     "EmbeddingBackend",
     "FeedForward",
     "InputEmbedding",

@@ -1,0 +1,67 @@
+"""``embedkit export``: materialise a trained model's lookup tables into a storage tier."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import torch
+from jsonargparse import ArgumentParser, Namespace
+
+from embedkit.interfaces import DataConnected
+
+HELP = "Export a checkpoint's lookup tables (e.g. SCONE's f-gram table) to zarr, pinned or gpu."
+
+
+def build_parser() -> ArgumentParser:
+    """Arguments of ``embedkit export``."""
+    parser = ArgumentParser(prog="embedkit export", description=HELP)
+    parser.add_argument(
+        "--config", type=str, nargs="+", required=True, help="The run's recipe(s), in order."
+    )
+    parser.add_argument("--ckpt_path", type=str, required=True, help="The trained checkpoint.")
+    parser.add_argument("--out", type=str, required=True, help="Folder for the tables.")
+    parser.add_argument(
+        "--to", type=str, default="zarr", help="Tier of the stored tables: zarr, pinned or gpu."
+    )
+    return parser
+
+
+def file_sha256(path: str) -> str:
+    """SHA-256 of a file's bytes, read in blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 24):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def run(args: Namespace) -> None:
+    """Build the model from its recipe, load the checkpoint, export every part's tables."""
+    from embedkit.cli import run_cli
+
+    if not os.path.isfile(args.ckpt_path):
+        raise ValueError(f"--ckpt_path={args.ckpt_path!r} does not exist")
+    configs = [arg for path in args.config for arg in ("--config", path)]
+    cli = run_cli(configs, run=False)
+    model, data = cli.model, cli.datamodule
+    data.prepare_data()
+    data.setup("fit")
+    for part in model.decoder.modules():
+        if isinstance(part, DataConnected):
+            part.connect(data)
+    checkpoint = torch.load(args.ckpt_path, map_location="cpu", weights_only=False)
+    model.load_state_dict(checkpoint["state_dict"])
+    model.eval()
+    decoder = model.decoder
+    parts = [m for m in decoder.modules() if hasattr(m, "export_tables")]
+    if not parts:
+        raise ValueError("the model of this recipe owns no lookup table to export")
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    producer = {"checkpoint_sha256": file_sha256(args.ckpt_path)}
+    for part in parts:
+        for location in part.export_tables(
+            args.out, to=args.to, token_embedding=decoder.token_embedding, producer=producer
+        ):
+            print(f"wrote {location} ({args.to})")
