@@ -166,3 +166,38 @@ def test_tables_move_tier_by_overlay_alone(tmp_path):
         assert result.returncode == 0, (tier, result.stderr[-3000:])
         perplexities[tier] = re.search(r"val/perplexity\s*│\s*([\d.]+)", result.stdout).group(1)
     assert len(set(perplexities.values())) == 1, perplexities
+
+
+def test_scone_fit_export_then_validate_on_every_tier(tmp_path):
+    recipe = ROOT / "recipes" / "tiny" / "scone.yaml"
+    fit = embedkit(
+        "fit", "--config", str(recipe), *SHORT, "--trainer.default_root_dir=run", cwd=tmp_path
+    )
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    assert (tmp_path / "runs" / "tiny-scone" / "fgrams.npz").is_file(), "the vocab is kept"
+    checkpoint = str(sorted((tmp_path / "run").rglob("*.ckpt"))[-1])
+    export = embedkit(
+        "export",
+        "--config",
+        str(recipe),
+        "--ckpt_path",
+        checkpoint,
+        "--out",
+        "tables",
+        cwd=tmp_path,
+    )
+    assert export.returncode == 0, export.stderr[-3000:]
+
+    def perplexity(*extra: str) -> float:
+        result = embedkit(
+            "validate", "--config", str(recipe), *extra, *SHORT, f"--ckpt_path={checkpoint}",
+            cwd=tmp_path,
+        )  # fmt: skip
+        assert result.returncode == 0, (extra, result.stderr[-3000:])
+        return float(re.search(r"val/perplexity\s*│\s*([\d.]+)", result.stdout).group(1))
+
+    reference = perplexity()
+    table = "--model.decoder.init_args.input_embedding.init_args.table=tables/fgram_table"
+    for tier in ("gpu", "pinned", "zarr"):
+        overlay = str(ROOT / "recipes" / "storage" / f"{tier}.yaml")
+        assert perplexity("--config", overlay, table) == pytest.approx(reference, rel=1e-5)

@@ -122,6 +122,10 @@ class SconeEmbedding(InputEmbedding):
             object.__setattr__(self, "_table", backend)
         data.add_feature(FEATURE, self.vocab)
 
+    def inference_flops_per_token(self) -> int:
+        """0: at inference the exported table replaces the f-gram model (one row lookup)."""
+        return 0
+
     def export_tables(
         self, directory: str, *, to: str, token_embedding: nn.Embedding, producer: dict
     ) -> list[str]:

@@ -1,0 +1,46 @@
+"""What a model costs: parameters and inference FLOPs per token.
+
+FLOPs follow the usual forward estimate: 2 per weight of every matrix a token passes through,
+plus attention over the context (2 * 2 * layers * context * width for scores and values).
+A part whose inference differs from its training (SCONE reads its f-gram embeddings from a
+table instead of running the f-gram model) says so with ``inference_flops_per_token()``.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from embedkit.model.decoder import Decoder
+
+
+def matrix_flops(module: nn.Module) -> int:
+    """2 FLOPs per weight of every ``nn.Linear`` in ``module`` (one token through each)."""
+    return sum(2 * m.weight.numel() for m in module.modules() if isinstance(m, nn.Linear))
+
+
+def part_flops(part: nn.Module | None) -> int:
+    """Inference FLOPs per token of a decoder part (its own estimate when it has one)."""
+    if part is None:
+        return 0
+    own = getattr(part, "inference_flops_per_token", None)
+    return int(own()) if callable(own) else matrix_flops(part)
+
+
+def inference_flops_per_token(decoder: Decoder, *, context: int) -> int:
+    """Forward FLOPs to produce one token's logits with ``context`` tokens of attention."""
+    attention = 4 * len(decoder.layers) * context * decoder.dim
+    layers = sum(matrix_flops(layer) for layer in decoder.layers)
+    sublayers = sum(part_flops(s) for s in decoder.sublayers.values())
+    return attention + layers + sublayers + part_flops(decoder.input_embedding) + matrix_flops(
+        decoder.head
+    )
+
+
+def parameter_counts(decoder: Decoder) -> dict[str, int]:
+    """Parameters: total, trainable, and without token embedding / output head."""
+    unique = {id(p): p for p in decoder.parameters()}
+    return {
+        "total": sum(p.numel() for p in unique.values()),
+        "trainable": sum(p.numel() for p in unique.values() if p.requires_grad),
+        "non_embedding": decoder.num_parameters(non_embedding=True),
+    }
