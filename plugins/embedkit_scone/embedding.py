@@ -76,6 +76,7 @@ class SconeEmbedding(InputEmbedding):
         self.dim, self.vocab_size, self.table_backend = dim, vocab_size, table_backend
         self.table_location = table
         self._table_producer: dict[str, str] = {}
+        self._table_checked = False
         object.__setattr__(self, "_table", None)
         self.fgram_model = None
         if table is None:
@@ -161,6 +162,8 @@ class SconeEmbedding(InputEmbedding):
         matched_BL = fgrams_BL >= 0
         fgrams_M = fgrams_BL[matched_BL]
         if self._table is not None:
+            if not self._table_checked:
+                self._check_table_source(token_embedding)
             if isinstance(self._table, nn.Module) and self._table.device != embedded_BLD.device:
                 self._table.to(embedded_BLD.device)  # a GPU tier follows the model
             rows_MD = self._table.gather(fgrams_M).to(embedded_BLD.device, embedded_BLD.dtype)
@@ -179,31 +182,37 @@ class SconeEmbedding(InputEmbedding):
         )
         if self.table_location is None:
             return
-        # Cached inference: the f-gram model's weights in the checkpoint are not needed, and
-        # the table must come from this checkpoint's token embeddings.
+        # Cached inference: the f-gram model's weights in the checkpoint are not needed; the
+        # table is checked against the loaded token embeddings at the next forward.
         for key in [k for k in unexpected_keys if k.startswith(prefix + "fgram_model.")]:
             unexpected_keys.remove(key)
-        parent = prefix[: -len("input_embedding.")]
-        weight = state_dict.get(parent + "token_embedding.weight")
-        expected = self._table_manifest_hash()
-        if weight is not None and expected and token_embedding_hash(weight) != expected:
-            error_msgs.append(
+        self._table_checked = False
+
+    def _check_table_source(self, token_embedding: nn.Embedding) -> None:
+        """Refuse a table exported from other token embeddings (another checkpoint); once per
+        loaded state, on the first forward after it."""
+        expected = self._table_producer.get("token_embedding_hash")
+        if expected and token_embedding_hash(token_embedding.weight) != expected:
+            raise ValueError(
                 f"the f-gram table at {self.table_location!r} was exported from another "
                 "checkpoint (its token embeddings differ); export it again from this one"
             )
-
-    def _table_manifest_hash(self) -> str | None:
-        return self._table_producer.get("token_embedding_hash")
+        self._table_checked = True
 
 
 def load_matching_vocab(path: str, configured: FGramVocab) -> FGramVocab:
     """The vocabulary saved at ``path``, refused when its settings differ from ``configured``."""
     loaded = FGramVocab.load(path)
-    for name in ("max_n", "min_count", "max_entries"):
-        if getattr(loaded, name) != getattr(configured, name):
+    for field, attribute in (
+        ("max_n", "max_n"),
+        ("min_count", "min_count"),
+        ("num_entries", "max_entries"),  # the cap given as num_entries
+    ):
+        have, want = getattr(loaded, attribute), getattr(configured, attribute)
+        if have != want:
             raise ValueError(
-                f"vocab_path={path!r} holds an f-gram vocabulary with {name}="
-                f"{getattr(loaded, name)} but the recipe asks for {getattr(configured, name)}; "
-                "give another vocab_path (it is fitted there) or matching settings"
+                f"vocab_path={path!r} holds an f-gram vocabulary with {field}={have} but the "
+                f"recipe asks for {want}; give another vocab_path (it is fitted there) or "
+                "matching settings"
             )
     return loaded

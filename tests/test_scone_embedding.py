@@ -1,0 +1,384 @@
+"""``SconeEmbedding`` (SCONE): f-gram embeddings replace token embeddings exactly at the tagged
+positions, depend on the f-gram alone, the vocabulary is fitted once and checked on reuse, and
+an exported f-gram table gives the f-gram model's logits on every storage tier.
+
+Legend: B = batch rows, L = positions, D = model width, S = f-grams, K = longest f-gram,
+F = f-grams of one call, M = matched positions, N = tokens of a split.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from embedkit.backends.gpu import GPUBackend
+from embedkit.backends.pinned import PinnedCPUBackend
+from embedkit.backends.zarr_store import ZarrBackend
+from embedkit.data.datamodule import TextDataModule
+from embedkit.data.tokenizers import ByteTokenizer
+from embedkit.model.decoder import Decoder
+from embedkit_dense.swiglu import SwiGLU
+from embedkit_scone.embedding import FEATURE, SconeEmbedding
+from embedkit_scone.vocab import FGramVocab
+
+TIERS = {
+    "gpu": GPUBackend,
+    "pinned": partial(PinnedCPUBackend, device="cpu"),
+    "zarr": ZarrBackend,
+}
+SETTINGS = {"max_n": 4, "min_count": 3, "num_entries": 500}
+# fp32 on the CPU: a matmul's rows depend in their last bits on how many rows it has, so the
+# same f-gram computed in batches of other sizes agrees to rounding, not bit for bit.
+CLOSE = {"rtol": 1e-5, "atol": 1e-5}
+
+
+def _data(cache_dir: Path) -> TextDataModule:
+    return TextDataModule(
+        tokenizer=ByteTokenizer(), cache_dir=str(cache_dir), seq_len=32, batch_size=4
+    )
+
+
+def _decoder(
+    vocab_path: Path, *, table: str | None = None, tier: str = "gpu", **settings: int
+) -> Decoder:
+    torch.manual_seed(0)
+    return Decoder(
+        vocab_size=256,
+        dim=32,
+        num_layers=2,
+        num_heads=4,
+        feed_forward=SwiGLU,
+        input_embedding=partial(
+            SconeEmbedding,
+            vocab=FGramVocab(**(SETTINGS | settings)),
+            vocab_path=str(vocab_path),
+            fgram_layers=1,
+            table=table,
+        ),
+        table_backend=TIERS[tier],
+    )
+
+
+def _tagged_batch(data: TextDataModule, *, start: int, rows: int, length: int):
+    """Consecutive windows of the training split and their f-gram tags from the data."""
+    stop = start + rows * length
+    ids_BL = torch.from_numpy(data.shards.train_N[start:stop].astype(np.int64)).view(rows, length)
+    tags_N = data.features("train")[FEATURE][start:stop]
+    return ids_BL, torch.from_numpy(tags_N.astype(np.int64)).view(rows, length)
+
+
+def _files(directory: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(directory)): p.read_bytes() for p in directory.rglob("*") if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("scone")
+
+
+@pytest.fixture(scope="module")
+def data(workspace: Path) -> TextDataModule:
+    return _data(workspace)
+
+
+@pytest.fixture(scope="module")
+def trained(workspace: Path, data: TextDataModule) -> Decoder:
+    """A connected decoder with non-trivial weights everywhere (a stand-in for training)."""
+    decoder = _decoder(workspace / "v.npz")
+    decoder.input_embedding.connect(data)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for param in decoder.parameters():
+            param.normal_(generator=generator)
+    return decoder.eval()
+
+
+@pytest.fixture(scope="module")
+def exported(workspace: Path, trained: Decoder) -> str:
+    (location,) = trained.input_embedding.export_tables(
+        str(workspace / "out"), to="zarr", token_embedding=trained.token_embedding, producer={}
+    )
+    return location
+
+
+# 1. The f-gram model's output depends on the f-gram alone.
+
+
+@torch.no_grad()
+def test_fgram_embedding_is_the_same_alone_or_among_others(trained: Decoder):
+    scone, token_embedding = trained.input_embedding, trained.token_embedding
+    num_fgrams = scone.vocab.num_entries
+    together_SD = scone.fgram_embeddings(torch.arange(num_fgrams), token_embedding)
+    # The first and last f-gram of every length, alone.
+    lengths_S = scone.lengths_S
+    sample_F: list[int] = []
+    for n in lengths_S.unique():
+        of_length_n = torch.nonzero(lengths_S == n)[:, 0]
+        sample_F += [int(of_length_n[0]), int(of_length_n[-1])]
+    assert len(set(lengths_S[sample_F].tolist())) == SETTINGS["max_n"] - 1
+    for s in sample_F:
+        alone_D = scone.fgram_embeddings(torch.tensor([s]), token_embedding)[0]
+        torch.testing.assert_close(alone_D, together_SD[s], **CLOSE)
+    # A shuffled subset, and every f-gram twice in one call.
+    shuffled_F = torch.randperm(num_fgrams, generator=torch.Generator().manual_seed(2))[:37]
+    torch.testing.assert_close(
+        scone.fgram_embeddings(shuffled_F, token_embedding), together_SD[shuffled_F], **CLOSE
+    )
+    twice_F = torch.arange(num_fgrams).repeat(2).flip(0)
+    torch.testing.assert_close(
+        scone.fgram_embeddings(twice_F, token_embedding), together_SD[twice_F], **CLOSE
+    )
+
+
+@torch.no_grad()
+def test_fgram_model_never_reads_the_padding_after_the_last_token(trained: Decoder):
+    scone, token_embedding = trained.input_embedding, trained.token_embedding
+    tokens_FK, lengths_F = scone.tokens_SK, scone.lengths_S
+    assert (lengths_F < tokens_FK.shape[1]).any(), "no f-gram shorter than K: nothing padded"
+    padding_FK = torch.arange(tokens_FK.shape[1]) >= lengths_F[:, None]
+    embedded_FKD = token_embedding(tokens_FK.clamp_min(0))
+    other_FKD = embedded_FKD.clone()
+    noise = torch.randn(int(padding_FK.sum()), embedded_FKD.shape[-1]) * 100
+    other_FKD[padding_FK] = noise
+    reference_FD = scone.fgram_model(embedded_FKD, lengths_F)
+    assert torch.equal(scone.fgram_model(other_FKD, lengths_F), reference_FD)
+    assert torch.equal(
+        scone.fgram_embeddings(torch.arange(len(lengths_F)), token_embedding), reference_FD
+    )
+
+
+@torch.no_grad()
+def test_matched_position_reads_its_fgram_whatever_surrounds_it(trained: Decoder):
+    scone, token_embedding = trained.input_embedding, trained.token_embedding
+    fgram = 7
+    expected_D = scone.fgram_embeddings(torch.tensor([fgram]), token_embedding)[0]
+    generator = torch.Generator().manual_seed(3)
+    for rows, length, row, position in [(1, 5, 0, 0), (3, 9, 2, 4), (2, 16, 1, 15)]:
+        ids_BL = torch.randint(0, 256, (rows, length), generator=generator)
+        tags_BL = torch.randint(-1, scone.vocab.num_entries, (rows, length), generator=generator)
+        tags_BL[row, position] = fgram
+        out_BLD = scone(token_embedding(ids_BL), ids_BL, token_embedding, {FEATURE: tags_BL})
+        torch.testing.assert_close(out_BLD[row, position], expected_D, **CLOSE)
+        # Every occurrence within one call gets the very same row.
+        same_M = tags_BL == fgram
+        assert (out_BLD[same_M] == out_BLD[row, position]).all()
+
+
+# 2. Replacement happens exactly at the matched positions.
+
+
+@pytest.mark.parametrize("matched_fraction", [0.0, 0.6, 1.0])
+@torch.no_grad()
+def test_replacement_exactly_at_matched_positions(trained: Decoder, matched_fraction: float):
+    scone, token_embedding = trained.input_embedding, trained.token_embedding
+    generator = torch.Generator().manual_seed(4)
+    ids_BL = torch.randint(0, 256, (3, 11), generator=generator)
+    tags_BL = torch.randint(0, scone.vocab.num_entries, (3, 11), generator=generator)
+    tags_BL[torch.rand(3, 11, generator=generator) >= matched_fraction] = -1
+    tags_BL[0, :3] = tags_BL[0, 3] if matched_fraction else -1  # repeated f-grams too
+    plain_BLD = token_embedding(ids_BL)
+    out_BLD = scone(plain_BLD, ids_BL, token_embedding, {FEATURE: tags_BL})
+    unmatched_BL = tags_BL < 0
+    assert torch.equal(out_BLD[unmatched_BL], plain_BLD[unmatched_BL])
+    fgrams_U, inverse_M = torch.unique(tags_BL[~unmatched_BL], return_inverse=True)
+    expected_MD = scone.fgram_embeddings(fgrams_U, token_embedding)[inverse_M]
+    assert torch.equal(out_BLD[~unmatched_BL], expected_MD)
+    # Tags as a loader may give them (int32) select the same rows.
+    out32_BLD = scone(plain_BLD, ids_BL, token_embedding, {FEATURE: tags_BL.int()})
+    assert torch.equal(out32_BLD, out_BLD)
+
+
+def test_forward_before_connect_is_refused(tmp_path: Path):
+    decoder = _decoder(tmp_path / "v.npz")
+    with pytest.raises(RuntimeError, match=r"before connect"):
+        decoder(torch.zeros(1, 4, dtype=torch.long))
+
+
+# 3. connect: fit once, then load; refuse other settings or another tokenizer.
+
+
+def test_connect_fits_and_saves_then_loads(tmp_path: Path, data: TextDataModule):
+    vocab_path = tmp_path / "vocab" / "v.npz"
+    first = _decoder(vocab_path)
+    first.input_embedding.connect(data)
+    assert vocab_path.is_file()
+    fitted = first.input_embedding.vocab
+    assert fitted.num_entries == SETTINGS["num_entries"]
+    assert fitted.tokenizer_fingerprint == data.tokenizer.fingerprint
+    assert FGramVocab.load(vocab_path).content_hash == fitted.content_hash
+    assert first.input_embedding.tokens_SK.shape == (fitted.num_entries, SETTINGS["max_n"])
+    assert FEATURE in data.features("val")
+    mtime = os.stat(vocab_path).st_mtime_ns
+
+    second = _decoder(vocab_path)
+    second.input_embedding.connect(data)
+    assert os.stat(vocab_path).st_mtime_ns == mtime
+    loaded = second.input_embedding.vocab
+    assert loaded.content_hash == fitted.content_hash
+    assert torch.equal(second.input_embedding.tokens_SK, first.input_embedding.tokens_SK)
+    assert torch.equal(second.input_embedding.lengths_S, first.input_embedding.lengths_S)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("max_n", 3),
+        ("min_count", 4),
+        ("num_entries", 400),
+    ],
+)
+def test_connect_refuses_a_vocab_with_other_settings(
+    workspace: Path, data: TextDataModule, trained: Decoder, field: str, value: int
+):
+    vocab_path = workspace / "v.npz"  # fitted with SETTINGS by ``trained``
+    mtime = os.stat(vocab_path).st_mtime_ns
+    decoder = _decoder(vocab_path, **{field: value})
+    with pytest.raises(ValueError, match=re.escape(f"vocab_path={str(vocab_path)!r}")) as err:
+        decoder.input_embedding.connect(data)
+    assert f"{field}=" in str(err.value)
+    assert os.stat(vocab_path).st_mtime_ns == mtime
+
+
+def test_connect_refuses_a_vocab_of_another_tokenizer(
+    tmp_path: Path, workspace: Path, data: TextDataModule, trained: Decoder
+):
+    vocab = FGramVocab.load(workspace / "v.npz")
+    vocab.tokenizer_fingerprint = "bpe-2048-other"
+    vocab_path = tmp_path / "other-tokenizer.npz"
+    vocab.save(vocab_path)
+    decoder = _decoder(vocab_path)
+    with pytest.raises(ValueError, match=re.escape(f"vocab_path={str(vocab_path)!r}")) as err:
+        decoder.input_embedding.connect(data)
+    assert "bpe-2048-other" in str(err.value)
+    assert data.tokenizer.fingerprint in str(err.value)
+
+
+# 4. Tags from the data, and the fallback lookup within each row.
+
+
+def test_data_tags_are_the_vocab_lookup_of_the_stream(data: TextDataModule, trained: Decoder):
+    vocab = trained.input_embedding.vocab
+    for split, tokens_N in (("train", data.shards.train_N), ("val", data.shards.val_N)):
+        tags_N = data.features(split)[FEATURE]
+        assert np.array_equal(np.asarray(tags_N, dtype=np.int64), vocab.lookup(tokens_N))
+    assert (np.asarray(data.features("train")[FEATURE]) >= 0).mean() > 0.3
+
+
+@torch.no_grad()
+def test_untagged_forward_equals_tagged_where_the_fgram_lies_within_the_row(
+    data: TextDataModule, trained: Decoder
+):
+    scone, token_embedding = trained.input_embedding, trained.token_embedding
+    batch = next(iter(data.train_dataloader()))
+    ids_BL, tags_BL = batch["input_ids"], batch[FEATURE]
+    lengths_BL = torch.where(tags_BL >= 0, scone.lengths_S[tags_BL.clamp_min(0)], 1)
+    within_BL = torch.arange(ids_BL.shape[1]) - lengths_BL + 1 >= 0
+    assert within_BL.sum() > within_BL.numel() // 2
+    assert torch.equal(scone.vocab.lookup_torch(ids_BL)[within_BL], tags_BL[within_BL])
+    plain_BLD = token_embedding(ids_BL)
+    tagged_BLD = scone(plain_BLD, ids_BL, token_embedding, {FEATURE: tags_BL})
+    untagged_BLD = scone(plain_BLD, ids_BL, token_embedding, {})
+    torch.testing.assert_close(untagged_BLD[within_BL], tagged_BLD[within_BL], **CLOSE)
+
+
+# 5. Cached inference: the exported table gives the f-gram model's logits on every tier.
+
+
+@pytest.mark.parametrize("tier", list(TIERS))
+@torch.no_grad()
+def test_exported_table_gives_the_fgram_models_logits(
+    tier: str, workspace: Path, data: TextDataModule, trained: Decoder, exported: str
+):
+    ids_BL, tags_BL = _tagged_batch(data, start=1000, rows=3, length=40)
+    assert (tags_BL >= 0).any() and (tags_BL < 0).any()
+    cached = _decoder(workspace / "v.npz", table=exported, tier=tier)
+    assert cached.input_embedding.fgram_model is None
+    cached.input_embedding.connect(data)
+    cached.load_state_dict(trained.state_dict())
+    cached.eval()
+    for features in ({FEATURE: tags_BL}, None):
+        torch.testing.assert_close(
+            cached.logits(cached(ids_BL, features)),
+            trained.logits(trained(ids_BL, features)),
+            rtol=1e-5,
+            atol=1e-6,
+        )
+
+
+# 6. A table from another vocabulary or another checkpoint is refused.
+
+
+def test_table_from_another_vocabulary_is_refused(
+    tmp_path: Path, data: TextDataModule, exported: str
+):
+    decoder = _decoder(tmp_path / "other.npz", table=exported, num_entries=400)
+    with pytest.raises(ValueError, match=r"another f-gram vocabulary"):
+        decoder.input_embedding.connect(data)
+
+
+@pytest.mark.parametrize("connect_first", [True, False], ids=["connect-load", "load-connect"])
+def test_table_from_another_checkpoint_is_refused(
+    workspace: Path, data: TextDataModule, trained: Decoder, exported: str, connect_first: bool
+):
+    state = trained.state_dict()
+    other = state["token_embedding.weight"] + 1.0
+    state["token_embedding.weight"] = state["head.weight"] = other  # tied: both keys
+    cached = _decoder(workspace / "v.npz", table=exported, tier="pinned")
+    if connect_first:
+        cached.input_embedding.connect(data)
+    cached.load_state_dict(state)
+    if not connect_first:
+        cached.input_embedding.connect(data)
+    ids_BL = torch.randint(0, 256, (1, 8))
+    with pytest.raises(ValueError, match=r"exported from another checkpoint"):
+        cached(ids_BL)
+    cached.load_state_dict(trained.state_dict())  # the matching weights: accepted again
+    cached(ids_BL)
+
+
+# 7. Export never replaces a destination; a table-mode model has nothing to export.
+
+
+@pytest.mark.parametrize("to", ["zarr", "pinned", "gpu"])
+def test_export_refuses_an_existing_destination(tmp_path: Path, trained: Decoder, to: str):
+    scone, token_embedding = trained.input_embedding, trained.token_embedding
+    (location,) = scone.export_tables(
+        str(tmp_path), to=to, token_embedding=token_embedding, producer={"run": "a"}
+    )
+    assert location == f"{tmp_path}/fgram_table"
+    before = _files(tmp_path)
+    with pytest.raises(ValueError, match=r"already exists"):
+        scone.export_tables(
+            str(tmp_path), to=to, token_embedding=token_embedding, producer={"run": "b"}
+        )
+    assert _files(tmp_path) == before
+
+
+def test_export_refuses_a_foreign_path_at_the_destination(tmp_path: Path, trained: Decoder):
+    (tmp_path / "fgram_table").mkdir()
+    (tmp_path / "fgram_table" / "notes.txt").write_text("keep me")
+    with pytest.raises(ValueError, match=r"already exists"):
+        trained.input_embedding.export_tables(
+            str(tmp_path), to="zarr", token_embedding=trained.token_embedding, producer={}
+        )
+    assert _files(tmp_path) == {"fgram_table/notes.txt": b"keep me"}
+
+
+def test_table_mode_has_nothing_to_export(
+    tmp_path: Path, workspace: Path, data: TextDataModule, exported: str
+):
+    cached = _decoder(workspace / "v.npz", table=exported)
+    cached.input_embedding.connect(data)
+    with pytest.raises(ValueError, match=r"none to export"):
+        cached.input_embedding.export_tables(
+            str(tmp_path), to="zarr", token_embedding=cached.token_embedding, producer={}
+        )
+    assert not any(tmp_path.iterdir())
