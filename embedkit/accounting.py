@@ -31,8 +31,12 @@ def inference_flops_per_token(decoder: Decoder, *, context: int) -> int:
     attention = 4 * len(decoder.layers) * context * decoder.dim
     layers = sum(matrix_flops(layer) for layer in decoder.layers)
     sublayers = sum(part_flops(s) for s in decoder.sublayers.values())
-    return attention + layers + sublayers + part_flops(decoder.input_embedding) + matrix_flops(
-        decoder.head
+    return (
+        attention
+        + layers
+        + sublayers
+        + part_flops(decoder.input_embedding)
+        + matrix_flops(decoder.head)
     )
 
 
