@@ -4,9 +4,9 @@ Every position whose longest suffix is an f-gram (tagged once in the data, featu
 ``fgram_ids``) takes that f-gram's embedding instead of its token embedding; other positions
 keep the token embedding. The f-gram vocabulary is fitted on the training shards the first
 time the model meets its data (``connect``) and kept at ``vocab_path``; later runs load it.
-The embedding comes from the ``FGramModel`` while training (run once
-per distinct f-gram of the batch, then scattered), or from a table exported by
-``embedkit export`` on any storage tier (cached inference: the f-gram model is not built).
+The embedding comes from the ``FGramModel`` while training (run once per distinct f-gram of
+the batch, then scattered), or from a table exported by ``embedkit export`` on any storage
+tier (cached inference: the f-gram model is not built).
 Legend: B = batch, L = sequence length, D = model width, S = f-grams, K = longest f-gram,
 M = matched positions, U = distinct f-grams among them.
 """
