@@ -16,9 +16,18 @@ VOCAB, NUM_ROWS, DIM = 50, 50, 16
 
 EXAMPLES = {
     "IdentityRouter": lambda cls: cls(num_rows=NUM_ROWS),
+    "StaticTokenRouter": lambda cls: cls(allocation=_l3_allocation()),
 }
 
 ROUTERS = registry.specs("Router")
+
+
+def _l3_allocation():
+    from embedkit_l3 import LZWAllocation
+
+    allocation = LZWAllocation(num_rows=4 * NUM_ROWS, max_rows_per_token=12, vocab_size=VOCAB)
+    allocation.fit([torch.randint(0, VOCAB, (2000,)).numpy()])
+    return allocation
 
 
 @pytest.fixture(params=ROUTERS, ids=[s.short_name for s in ROUTERS])
