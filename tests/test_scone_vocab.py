@@ -15,11 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from embedkit.data import BundledCorpus, ByteTokenizer
-
-embedkit_scone = pytest.importorskip(
-    "embedkit_scone", reason="plugins/embedkit_scone is not installed: run pip install -e ."
-)
-FGramVocab = embedkit_scone.FGramVocab
+from embedkit_scone import FGramVocab
 
 
 def reference_fgrams(shards, *, max_n: int, min_count: int, num_entries: int) -> list:

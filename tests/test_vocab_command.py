@@ -7,13 +7,10 @@ import shutil
 
 import pytest
 
+import embedkit_scone
 from embedkit import cli
 from embedkit.commands import vocab as vocab_command
 from embedkit.data import BundledCorpus, ByteTokenizer, TextFiles, write_shards
-
-embedkit_scone = pytest.importorskip(
-    "embedkit_scone", reason="plugins/embedkit_scone is not installed: run pip install -e ."
-)
 
 
 def run(*argv: str) -> None:
@@ -81,7 +78,6 @@ def test_errors_name_the_bad_input(tmp_path):
         run("info", str(bad), "--vocab", "Nope")
 
 
-@pytest.mark.skipif("vocab" not in cli.COMMANDS, reason="embedkit/cli.py lacks the vocab command")
 def test_embedkit_vocab_is_a_command(shards_dir, tmp_path, capsys):
     out = tmp_path / "fgrams.npz"
     cli.main(["vocab", "build", "--data_dir", str(shards_dir), "--out", str(out)])
