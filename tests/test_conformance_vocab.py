@@ -15,8 +15,6 @@ from tests.support.bigram_vocab import BigramVocab
 EXAMPLES: dict[str, object] = {
     "FGramVocab": lambda cls: cls(min_count=2, num_entries=1_000),
     "LZWAllocation": lambda cls: cls(num_rows=640, max_rows_per_token=32, vocab_size=64),
-    "UniformAllocation": lambda cls: cls(num_rows=640, max_rows_per_token=32, vocab_size=64),
-    "FrequencyAllocation": lambda cls: cls(num_rows=640, max_rows_per_token=32, vocab_size=64),
 }
 
 VOCABS = [(s.short_name, s) for s in registry.specs("VocabExtension")]

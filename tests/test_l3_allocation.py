@@ -6,19 +6,19 @@ Legend: V = token ids, C = codewords.
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import embedkit_l3
+from embedkit_l3 import store
 from embedkit_l3.lzw import codeword_order, lzw_scan, tuple_of
 
-CLASSES = [
-    embedkit_l3.LZWAllocation,
-    embedkit_l3.UniformAllocation,
-    embedkit_l3.FrequencyAllocation,
-]
+STRATEGIES = ["lzw", "uniform", "frequency"]
+CLASSES = [partial(embedkit_l3.LZWAllocation, strategy=s) for s in STRATEGIES]
 
 
 def reference_lzw(shards, vocab_size: int) -> dict[tuple, int]:
@@ -81,7 +81,7 @@ def test_lzw_rows_match_reference_walk(shards, data):
         assert alloc.rows_per_token().tolist() == walked
 
 
-@pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("cls", CLASSES, ids=STRATEGIES)
 @settings(max_examples=40, deadline=None)
 @given(shards=corpora, data=st.data())
 def test_invariants(cls, shards, data):
@@ -104,10 +104,14 @@ def test_invariants(cls, shards, data):
 
 
 def test_uniform_and_frequency_exact():
-    uniform = embedkit_l3.UniformAllocation(num_rows=23, max_rows_per_token=5, vocab_size=5)
+    uniform = embedkit_l3.LZWAllocation(
+        num_rows=23, max_rows_per_token=5, vocab_size=5, strategy="uniform"
+    )
     uniform.fit([np.array([0, 1])])
     assert uniform.rows_per_token().tolist() == [5, 5, 5, 4, 4]
-    freq = embedkit_l3.FrequencyAllocation(num_rows=14, max_rows_per_token=6, vocab_size=4)
+    freq = embedkit_l3.LZWAllocation(
+        num_rows=14, max_rows_per_token=6, vocab_size=4, strategy="frequency"
+    )
     freq.fit([np.array([0] * 50 + [1] * 3 + [2] * 1)])  # 10 extra rows: 0 capped at 5
     assert freq.rows_per_token().tolist() == [6, 5, 2, 1]
 
@@ -130,12 +134,13 @@ def test_frequent_tokens_get_more_rows_on_real_text():
     assert rows_V[ord(" ")] == 64 and rows_V[ord("e")] == 64
 
 
-@pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("cls", CLASSES, ids=STRATEGIES)
 def test_save_load_hash(cls, tmp_path):
     alloc = cls(num_rows=100, max_rows_per_token=20, vocab_size=10)
     alloc.fit([np.array([1, 2, 3, 1, 2, 3, 9, 9, 1, 2])])
     alloc.save(tmp_path / "a.npz")
-    loaded = cls.load(tmp_path / "a.npz")
+    loaded = embedkit_l3.LZWAllocation.load(tmp_path / "a.npz")
+    assert loaded.strategy == alloc.strategy
     assert loaded.content_hash == alloc.content_hash
     np.testing.assert_array_equal(loaded.offsets(), alloc.offsets())
     assert loaded.fit_stats == alloc.fit_stats
@@ -144,13 +149,18 @@ def test_save_load_hash(cls, tmp_path):
     assert other.content_hash != alloc.content_hash, "settings are part of the hash"
     (tmp_path / "bad.npz").write_bytes(b"not a zip")
     with pytest.raises(ValueError, match="not a valid"):
-        cls.load(tmp_path / "bad.npz")
-    wrong = CLASSES[(CLASSES.index(cls) + 1) % 3]
+        embedkit_l3.LZWAllocation.load(tmp_path / "bad.npz")
+    store.save_npz(tmp_path / "other.npz", "embedkit.Other", {}, alloc.rows_per_token(), None, "")
     with pytest.raises(ValueError, match="format"):
-        wrong.load(tmp_path / "a.npz")
+        embedkit_l3.LZWAllocation.load(tmp_path / "other.npz")
 
 
-@pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
+def test_unknown_strategy_is_refused():
+    with pytest.raises(ValueError, match="strategy='zipf' is invalid; valid: lzw, uniform"):
+        embedkit_l3.LZWAllocation(num_rows=10, strategy="zipf")
+
+
+@pytest.mark.parametrize("cls", CLASSES, ids=STRATEGIES)
 def test_errors(cls):
     shards = [np.array([0, 5, 3])]
     with pytest.raises(ValueError, match="vocab_size=None"):

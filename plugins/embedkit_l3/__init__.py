@@ -1,18 +1,16 @@
 """embedkit_l3: L³, Large Lookup Layers (arXiv 2601.21461).
 
 ``LZWAllocation`` gives each token id 1..k of the v rows of a lookup table by the paper's
-LZW-style scan (Algorithm 1); ``UniformAllocation`` and ``FrequencyAllocation`` are the paper's
-ablations. ``StaticTokenRouter`` routes every position to all rows of its token.
+LZW-style scan (Algorithm 1); its ``strategy`` selects the paper's ablations (uniform, by
+frequency). ``StaticTokenRouter`` routes every position to all rows of its token.
 """
 
-from embedkit_l3.allocation import FrequencyAllocation, LZWAllocation, UniformAllocation
+from embedkit_l3.allocation import LZWAllocation
 from embedkit_l3.router import StaticTokenRouter
 from embedkit_l3.store import FitStats
 
 __all__ = [
     "FitStats",
-    "FrequencyAllocation",
     "LZWAllocation",
     "StaticTokenRouter",
-    "UniformAllocation",
 ]

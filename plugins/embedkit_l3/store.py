@@ -87,8 +87,8 @@ def first_rows(name: str, offsets_V1: np.ndarray, ids_L: np.ndarray) -> np.ndarr
     return offsets_V1[ids_L.astype(np.int64)]
 
 
-def content_hash(settings: dict[str, int], rows_V: np.ndarray) -> str:
-    """SHA-256 of the settings (v, k, V) and the rows of every token in id order."""
+def content_hash(settings: dict[str, object], rows_V: np.ndarray) -> str:
+    """SHA-256 of the settings (v, k, V, strategy) and the rows of every token in id order."""
     sha = hashlib.sha256(f"l3-allocation-v1 {json.dumps(settings, sort_keys=True)}\n".encode())
     sha.update(np.ascontiguousarray(rows_V, dtype="<i8").tobytes())
     return sha.hexdigest()
