@@ -8,7 +8,7 @@ The embedding comes from the ``FGramModel`` while training (run once per distinc
 the batch, then scattered), or from a table exported by ``embedkit export`` on any storage
 tier (cached inference: the f-gram model is not built).
 Legend: B = batch, L = sequence length, D = model width, S = f-grams, K = longest f-gram,
-M = matched positions, U = distinct f-grams among them.
+M = matched positions, P = B * L positions, U = distinct f-grams among the matched.
 """
 
 from __future__ import annotations
@@ -160,16 +160,18 @@ class SconeEmbedding(InputEmbedding):
         if fgrams_BL is None:  # untagged input (e.g. a prompt): match within each row
             fgrams_BL = self.vocab.lookup_torch(ids_BL)
         matched_BL = fgrams_BL >= 0
-        fgrams_M = fgrams_BL[matched_BL]
         if self._table is not None:
+            # Cached inference: one row per position, selected without a host sync.
             if not self._table_checked:
                 self._check_table_source(token_embedding)
             if isinstance(self._table, nn.Module) and self._table.device != embedded_BLD.device:
                 self._table.to(embedded_BLD.device)  # a GPU tier follows the model
-            rows_MD = self._table.gather(fgrams_M).to(embedded_BLD.device, embedded_BLD.dtype)
-        else:
-            fgrams_U, inverse_M = torch.unique(fgrams_M, return_inverse=True)
-            rows_MD = self.fgram_embeddings(fgrams_U, token_embedding)[inverse_M]
+            rows_PD = self._table.gather(fgrams_BL.clamp_min(0).reshape(-1))
+            rows_BLD = rows_PD.to(embedded_BLD.device, embedded_BLD.dtype).view_as(embedded_BLD)
+            return torch.where(matched_BL.unsqueeze(-1), rows_BLD, embedded_BLD)
+        fgrams_M = fgrams_BL[matched_BL]
+        fgrams_U, inverse_M = torch.unique(fgrams_M, return_inverse=True)
+        rows_MD = self.fgram_embeddings(fgrams_U, token_embedding)[inverse_M]
         replaced_BLD = embedded_BLD.clone()
         replaced_BLD[matched_BL] = rows_MD.to(embedded_BLD.dtype)
         return replaced_BLD
