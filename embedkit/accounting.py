@@ -40,11 +40,27 @@ def inference_flops_per_token(decoder: Decoder, *, context: int) -> int:
     )
 
 
+def lookup_parameters(decoder: Decoder) -> int:
+    """Parameters a token does not multiply at inference: the lookup tables of the parts (a
+    token reads only its own rows) and what produces a table only while training (SCONE's
+    f-gram model). Parts declare them with ``lookup_parameters()``."""
+    total = 0
+    for part in decoder.modules():
+        own = getattr(part, "lookup_parameters", None)
+        if callable(own):
+            total += int(own())
+    return total
+
+
 def parameter_counts(decoder: Decoder) -> dict[str, int]:
-    """Parameters: total, trainable, and without token embedding / output head."""
+    """Parameters: total, trainable, without token embedding / output head, and active (what
+    one token's forward multiplies at inference: total minus ``lookup_parameters``; the token
+    embedding counts, as in dense models)."""
     unique = {id(p): p for p in decoder.parameters()}
+    total = sum(p.numel() for p in unique.values())
     return {
-        "total": sum(p.numel() for p in unique.values()),
+        "total": total,
         "trainable": sum(p.numel() for p in unique.values() if p.requires_grad),
         "non_embedding": decoder.num_parameters(non_embedding=True),
+        "active": total - lookup_parameters(decoder),
     }

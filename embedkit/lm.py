@@ -130,6 +130,8 @@ class LanguageModel(L.LightningModule):
                 continue
             is_matrix = param.dim() >= 2 and "embedding" not in name and "table" not in name
             (decay if is_matrix else no_decay).append(param)
+        # One fused kernel per step on CUDA (large lookup tables make the per-tensor path slow).
+        fused = all(p.is_cuda for p in decay + no_decay) or None
         optimizer = torch.optim.AdamW(
             [
                 {"params": decay, "weight_decay": self.hparams.weight_decay},
@@ -137,6 +139,7 @@ class LanguageModel(L.LightningModule):
             ],
             lr=self.hparams.lr,
             betas=self.hparams.betas,
+            fused=fused,
         )
         schedule = partial(
             warmup_cosine,

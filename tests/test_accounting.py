@@ -15,6 +15,7 @@ def test_scone_inference_flops_equal_dense_and_table_adds_its_projection():
     table = describe([str(RECIPES / "token-table.yaml")])
     assert scone["inference_flops_per_token"] == dense["inference_flops_per_token"]
     assert scone["parameters_total"] > dense["parameters_total"]  # the f-gram model trains
+    assert scone["parameters_active"] == dense["parameters_active"] == dense["parameters_total"]
     projection = 2 * 64 * 128  # TokenTableEmbedding: table_dim 64 -> width 128
     assert table["inference_flops_per_token"] == dense["inference_flops_per_token"] + projection
 

@@ -201,3 +201,42 @@ def test_scone_fit_export_then_validate_on_every_tier(tmp_path):
     for tier in ("gpu", "pinned", "zarr"):
         overlay = str(ROOT / "recipes" / "storage" / f"{tier}.yaml")
         assert perplexity("--config", overlay, table) == pytest.approx(reference, rel=1e-5)
+
+
+def test_l3_fit_export_then_validate_on_every_tier(tmp_path):
+    recipe = ROOT / "recipes" / "tiny" / "l3.yaml"
+    fit = embedkit(
+        "fit", "--config", str(recipe), *SHORT, "--trainer.default_root_dir=run", cwd=tmp_path
+    )
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    assert (tmp_path / "runs" / "tiny-l3" / "allocation.npz").is_file(), "the allocation is kept"
+    checkpoint = str(sorted((tmp_path / "run").rglob("*.ckpt"))[-1])
+    export = embedkit(
+        "export", "--config", str(recipe), "--ckpt_path", checkpoint, "--out", "tables",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert export.returncode == 0, export.stderr[-3000:]
+    assert "tables/l3-before2-kv (zarr)" in export.stdout
+
+    def perplexity(*extra: str) -> float:
+        result = embedkit(
+            "validate", "--config", str(recipe), *extra, *SHORT, f"--ckpt_path={checkpoint}",
+            cwd=tmp_path,
+        )  # fmt: skip
+        assert result.returncode == 0, (extra, result.stderr[-3000:])
+        return float(re.search(r"val/perplexity\s*│\s*([\d.]+)", result.stdout).group(1))
+
+    reference = perplexity()
+    for tier in ("gpu", "pinned", "zarr"):
+        overlay = str(ROOT / "recipes" / "storage" / f"{tier}.yaml")
+        tables = "--model.decoder.init_args.tables=tables"
+        assert perplexity("--config", overlay, tables) == pytest.approx(reference, rel=1e-5)
+    # Tables of another run are refused with one clear line.
+    other = embedkit(
+        "validate", "--config", str(recipe), *SHORT, f"--ckpt_path={checkpoint}",
+        "--model.decoder.init_args.sublayers.init_args.allocation.init_args.strategy=uniform",
+        "--model.decoder.init_args.sublayers.init_args.allocation_path=other.npz",
+        "--model.decoder.init_args.tables=tables", cwd=tmp_path,
+    )  # fmt: skip
+    assert other.returncode == 2, other.stderr[-3000:]
+    assert "another model: its allocation_hash" in other.stderr

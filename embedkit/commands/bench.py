@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import shlex
 import sys
+from typing import Literal
 
 from jsonargparse import ArgumentParser, Namespace
 
-HELP = "Benchmarks (storage); results as JSON, Markdown and PNG under docs/benchmarks/."
+HELP = "Benchmarks (storage, train); results as JSON, Markdown and PNG under docs/benchmarks/."
 
 
 def build_parser() -> ArgumentParser:
@@ -33,7 +34,38 @@ def build_parser() -> ArgumentParser:
     storage.add_argument("--repeats", type=int, default=50, help="Timed calls per size.")
     storage.add_argument("--output", type=str, default="docs/benchmarks", help="Result folder.")
     subcommands.add_subcommand("storage", storage, help="Storage tiers against hardware limits.")
+    subcommands.add_subcommand("train", _train_parser(), help="Training tokens/s side by side.")
     return parser
+
+
+def _train_parser() -> ArgumentParser:
+    train = ArgumentParser(
+        description="Training tokens/s and peak GPU memory of recipes, side by side in one run."
+    )
+    train.add_argument(
+        "--runs",
+        type=str,
+        nargs="+",
+        required=True,
+        help="NAME=CONFIG[,CONFIG...] per run (recipes applied in order); the first is the "
+        "baseline of the ratios.",
+    )
+    train.add_argument("--steps", type=int, default=20, help="Timed steps per run and round.")
+    train.add_argument("--warmup", type=int, default=5, help="Untimed steps per run first.")
+    train.add_argument("--rounds", type=int, default=3, help="Rounds over all runs.")
+    train.add_argument(
+        "--batch_size", type=int | None, default=None, help="Override data.batch_size."
+    )
+    train.add_argument("--seq_len", type=int | None, default=None, help="Override data.seq_len.")
+    train.add_argument(
+        "--device",
+        type=Literal["auto", "cpu", "cuda"],
+        default="auto",
+        help="Where to train (auto: CUDA when available).",
+    )
+    train.add_argument("--output", type=str, default="docs/benchmarks", help="Result folder.")
+    train.add_argument("--name", type=str, default="train", help="Result file name, no suffix.")
+    return train
 
 
 def run(args: Namespace) -> None:
@@ -54,4 +86,23 @@ def run(args: Namespace) -> None:
         )
         command = "embedkit " + shlex.join(sys.argv[1:])
         for path in write_storage_report(results, opts.output, command=command):
+            print(f"wrote {path}")
+    elif args.benchmark == "train":
+        from embedkit.bench.train import run_train_bench
+        from embedkit.bench.train_report import write_train_report
+
+        opts = args.train
+        results = run_train_bench(
+            runs=opts.runs,
+            steps=opts.steps,
+            warmup=opts.warmup,
+            rounds=opts.rounds,
+            batch_size=opts.batch_size,
+            seq_len=opts.seq_len,
+            device=opts.device,
+        )
+        command = "embedkit " + shlex.join(sys.argv[1:])
+        paths = write_train_report(results, opts.output, name=opts.name, command=command)
+        print(paths[1].read_text())
+        for path in paths:
             print(f"wrote {path}")

@@ -63,6 +63,7 @@ class Decoder(nn.Module):
         sublayers: Sequence[SublayerFactory] = (),
         input_embedding: InputEmbeddingFactory | None = None,
         table_backend: TableFactory = GPUBackend,
+        tables: str | None = None,
         init_std: float = 0.02,
     ) -> None:
         """
@@ -87,6 +88,9 @@ class Decoder(nn.Module):
                 class and its arguments (``GPUBackend`` trains; ``PinnedCPUBackend``,
                 ``ZarrBackend`` and plugins hold frozen tables off the accelerator). The
                 overlays ``recipes/storage/*.yaml`` set it.
+            tables: Folder of lookup tables written by ``embedkit export``: every part that
+                owns tables (SCONE's f-gram table, L³'s key/value tables) reads them from there
+                onto ``table_backend`` instead of from the checkpoint (cached inference).
             init_std: Standard deviation of the normal initialisation of weights; residual
                 output projections are scaled down by ``sqrt(2 * num_layers)``.
         """
@@ -121,6 +125,16 @@ class Decoder(nn.Module):
         self.input_embedding = (
             input_embedding(dim, vocab_size, table_backend) if input_embedding is not None else None
         )
+        if tables is not None:
+            parts = [*self.sublayers.values(), self.input_embedding]
+            readers = [p for p in parts if hasattr(p, "use_exported_tables")]
+            if not readers:
+                raise ValueError(
+                    f"model.decoder.tables={tables!r}, but no part of this model owns lookup "
+                    "tables; valid: null"
+                )
+            for part in readers:
+                part.use_exported_tables(tables)
         self.norm = nn.RMSNorm(dim)
         self.head = nn.Linear(dim, vocab_size, bias=False)
         self._init_weights(init_std, num_layers)

@@ -58,6 +58,7 @@ class LZWAllocation(VocabExtension):
         self.vocab_size = vocab_size
         self.strategy = strategy
         self.fit_stats: store.FitStats | None = None
+        self.tokenizer_fingerprint: str | None = None  # of the tokenizer whose ids were fitted
         self._set_rows(np.empty(0, dtype=np.int64))
 
     def fit(self, shards: Sequence[np.ndarray]) -> None:
@@ -123,13 +124,22 @@ class LZWAllocation(VocabExtension):
         """Write rows, settings, hash and fit statistics to a compressed ``.npz``, atomically."""
         if self._hash is None:
             raise ValueError("LZWAllocation is not fitted; nothing to save")
-        store.save_npz(path, FORMAT, self._all_settings(), self._rows_V, self.fit_stats, self._hash)
+        store.save_npz(
+            path,
+            FORMAT,
+            self._all_settings(),
+            self._rows_V,
+            self.fit_stats,
+            self._hash,
+            self.tokenizer_fingerprint,
+        )
 
     @classmethod
     def load(cls, path: str | Path) -> LZWAllocation:
         """Read a file written by ``save`` (``ValueError`` naming the file if it is not one)."""
-        settings, rows_V, stats = store.load_npz(path, FORMAT)
+        settings, rows_V, stats, fingerprint = store.load_npz(path, FORMAT)
         allocation = cls(**settings)
         allocation._set_rows(rows_V)
         allocation.fit_stats = stats
+        allocation.tokenizer_fingerprint = fingerprint
         return allocation

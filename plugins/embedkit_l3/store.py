@@ -94,8 +94,17 @@ def content_hash(settings: dict[str, object], rows_V: np.ndarray) -> str:
     return sha.hexdigest()
 
 
-def save_npz(path: str | Path, fmt: str, settings: dict, rows_V: np.ndarray, stats, digest: str):
-    """Write rows, settings, hash and fit statistics to a compressed ``.npz``, atomically."""
+def save_npz(
+    path: str | Path,
+    fmt: str,
+    settings: dict,
+    rows_V: np.ndarray,
+    stats,
+    digest: str,
+    tokenizer_fingerprint: str | None = None,
+):
+    """Write rows, settings, hash, fit statistics and the fingerprint of the tokenizer whose
+    ids were counted to a compressed ``.npz``, atomically."""
     path = Path(path)
     meta = {
         "format": fmt,
@@ -103,6 +112,7 @@ def save_npz(path: str | Path, fmt: str, settings: dict, rows_V: np.ndarray, sta
         "settings": settings,
         "content_hash": digest,
         "fit_stats": dataclasses.asdict(stats) if stats is not None else None,
+        "tokenizer_fingerprint": tokenizer_fingerprint,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -118,9 +128,12 @@ def save_npz(path: str | Path, fmt: str, settings: dict, rows_V: np.ndarray, sta
         raise
 
 
-def load_npz(path: str | Path, fmt: str) -> tuple[dict[str, Any], np.ndarray, FitStats | None]:
-    """Settings, rows and fit statistics of a file written by ``save_npz``; ``ValueError``
-    naming the file when it is not one of ``fmt`` or its rows do not match its hash."""
+def load_npz(
+    path: str | Path, fmt: str
+) -> tuple[dict[str, Any], np.ndarray, FitStats | None, str | None]:
+    """Settings, rows, fit statistics and tokenizer fingerprint of a file written by
+    ``save_npz``; ``ValueError`` naming the file when it is not one of ``fmt`` or its rows do
+    not match its hash."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no {fmt} file at {path}")
@@ -147,4 +160,4 @@ def load_npz(path: str | Path, fmt: str) -> tuple[dict[str, Any], np.ndarray, Fi
         raise ValueError(f"{path} is not a valid {fmt} file ({type(e).__name__}: {e})") from e
     if content_hash(settings, rows_V) != meta["content_hash"]:
         raise ValueError(f"{path} is corrupt: its rows do not match its recorded content hash")
-    return settings, rows_V, stats
+    return settings, rows_V, stats, meta.get("tokenizer_fingerprint")

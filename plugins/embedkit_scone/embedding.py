@@ -89,6 +89,12 @@ class SconeEmbedding(InputEmbedding):
                 feed_forward=fgram_feed_forward,
             )
 
+    def use_exported_tables(self, directory: str) -> None:
+        """Read the f-gram table from ``directory`` (written by ``embedkit export``) on the
+        ``table_backend`` tier; the f-gram model is dropped (cached inference)."""
+        self.table_location = f"{directory}/fgram_table"
+        self.fgram_model = None
+
     def connect(self, data) -> None:
         """Load or fit the vocabulary on ``data``, check it against the data's tokenizer, load
         the exported table if any, and ask the data for f-gram tags."""
@@ -126,6 +132,12 @@ class SconeEmbedding(InputEmbedding):
     def inference_flops_per_token(self) -> int:
         """0: at inference the exported table replaces the f-gram model (one row lookup)."""
         return 0
+
+    def lookup_parameters(self) -> int:
+        """The f-gram model's parameters: at inference one table row per position replaces it."""
+        if self.fgram_model is None:
+            return 0
+        return sum(p.numel() for p in self.fgram_model.parameters())
 
     def export_tables(
         self, directory: str, *, to: str, token_embedding: nn.Embedding, producer: dict

@@ -1,0 +1,336 @@
+"""``L3Layer``: a large lookup layer between two decoder layers (arXiv 2601.21461).
+
+For hidden state x and token t: ``W_mix [ norm( W_up( V_tᵀ softmax(K_t q) ) ) ; x ]`` where
+K_t, V_t are the rows of token t in a key table [v, D] and a value table [v, E] (one table
+when tied), allotted by an ``LZWAllocation``. The query q is the RMS-normalised x (pre-norm,
+like every block of the decoder) and scores are scaled by 1/sqrt(D).
+
+Initialisation: ``W_mix`` is stored as its difference from ``[0 | I]`` (the identity on the x
+part), initialised to zero, so the layer is exactly the identity on the residual stream at
+the start; ``W_mix`` gets gradients at the first step and the lookup path from the second.
+Weight decay pulls ``W_mix`` toward that identity. Tables start N(0, ``table_init_std``).
+
+Legend: B = batch, L = sequence length, D = model width, E = value width (d_emb),
+F = up-projection width (d_up), P = B * L positions, M = pooled rows, V = token ids.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import os
+import weakref
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from embedkit.exported_tables import place_table, weights_hash, write_table
+from embedkit.interfaces import EmbeddingBackend, Sublayer, TableFactory
+from embedkit.model.table_slot import TableSlot
+from embedkit_l3.allocation import LZWAllocation
+from embedkit_l3.token_attention import LookupPlan, plan_lookup, token_attention
+
+# The last few plans, by ids tensor (weakly) and allocation: L³ layers that share an
+# allocation compute the plan of a forward's ids once.
+_RECENT_PLANS: collections.deque = collections.deque(maxlen=4)
+
+
+def compute_dtype(like: torch.Tensor) -> torch.dtype:
+    """The dtype matrix products run in here: autocast's when it is on, else ``like``'s."""
+    if torch.is_autocast_enabled(like.device.type):
+        return torch.get_autocast_dtype(like.device.type)
+    return like.dtype
+
+
+class L3Layer(Sublayer):
+    """L³: each position attends over its own token's rows of large tables; static routing, so
+    the rows can live off the accelerator and be fetched ahead of use."""
+
+    def __init__(
+        self,
+        dim: int,
+        vocab_size: int,
+        table_backend: TableFactory,
+        *,
+        before_layer: int,
+        allocation: LZWAllocation,
+        allocation_path: str,
+        d_emb: int | None = None,
+        d_up: int | None = None,
+        tie_kv: bool = True,
+        table_init_std: float = 0.02,
+        init_std: float = 0.02,
+    ) -> None:
+        """
+        Args:
+            dim: Model width D (query and key width), passed by the decoder.
+            vocab_size: Token vocabulary size V, passed by the decoder.
+            table_backend: Storage tier of the key and value tables, passed by the decoder.
+            before_layer: The decoder layer this block runs before (at least 1; the paper
+                finds the middle of the stack best).
+            allocation: v (``num_rows``), k (``max_rows_per_token``) and the strategy of the
+                row allocation; its ``vocab_size`` is the decoder's.
+            allocation_path: Where the fitted allocation is kept: loaded when it exists (its
+                settings must equal ``allocation``'s), else fitted on the training shards and
+                saved there (``embedkit vocab build --vocab LZWAllocation`` makes one ahead).
+            d_emb: Value width E (default: D; must be D when ``tie_kv``).
+            d_up: Width F of the up-projection (default: 2 * D).
+            tie_kv: One table serves as keys and values (halves the table and its transfer;
+                the paper finds quality "mostly unchanged").
+            table_init_std: Standard deviation of the tables' normal initialisation.
+            init_std: Standard deviation of the normal initialisation of ``W_up``.
+        """
+        super().__init__()
+        d_emb = dim if d_emb is None else d_emb
+        if tie_kv and d_emb != dim:
+            raise ValueError(
+                f"L3Layer d_emb={d_emb} with tie_kv=True is invalid; valid: d_emb equal to the "
+                f"model width {dim} (or null), or tie_kv: false"
+            )
+        if allocation.vocab_size not in (None, vocab_size):
+            raise ValueError(
+                f"L3Layer allocation vocab_size={allocation.vocab_size} differs from the "
+                f"decoder's vocab_size={vocab_size}; valid: leave it unset (the decoder sets it)"
+            )
+        allocation.vocab_size = vocab_size
+        self._before_layer = before_layer
+        self.allocation, self.allocation_path = allocation, allocation_path
+        self.dim, self.d_emb, self.tie_kv = dim, d_emb, tie_kv
+        self.d_up = 2 * dim if d_up is None else d_up
+        self.num_rows = allocation.settings["num_rows"]
+        self.table_backend = table_backend
+        self.query_norm = nn.RMSNorm(dim)
+        self.up = nn.Linear(d_emb, self.d_up, bias=False)
+        self.up_norm = nn.RMSNorm(self.d_up)
+        self.mix = nn.Linear(self.d_up + dim, dim, bias=False)  # minus [0 | I]
+        nn.init.normal_(self.up.weight, std=init_std)
+        nn.init.zeros_(self.mix.weight)
+
+        def slot(width: int) -> TableSlot:
+            backend = table_backend(num_rows=self.num_rows, dim=width, dtype="float32")
+            if isinstance(backend, nn.Module) and hasattr(backend, "weight"):
+                nn.init.normal_(backend.weight.data, std=table_init_std)
+            return TableSlot(backend, init_std=table_init_std)
+
+        self.key_table = slot(dim)
+        self.value_table = None if tie_kv else slot(d_emb)
+        self.register_buffer("offsets_V1", torch.zeros(vocab_size + 1, dtype=torch.long))
+        self._connected = False
+        self.exported_tables: str | None = None
+        self._table_producer: dict[str, str] = {}
+        self._tables_checked = True
+
+    @property
+    def before_layer(self) -> int:
+        return self._before_layer
+
+    def table_names(self) -> list[str]:
+        """Names of the tables under the export folder."""
+        prefix = f"l3-before{self.before_layer}"
+        return [f"{prefix}-kv"] if self.tie_kv else [f"{prefix}-keys", f"{prefix}-values"]
+
+    # -- data ------------------------------------------------------------------------------
+
+    def connect(self, data) -> None:
+        """Load or fit the allocation on ``data``'s training shards; check its tokenizer; read
+        exported tables when the decoder names a folder of them."""
+        fingerprint = data.tokenizer.fingerprint
+        if os.path.exists(self.allocation_path):
+            self.allocation = load_matching_allocation(self.allocation_path, self.allocation)
+        else:
+            data.prepare_data()
+            data.setup("fit")
+            self.allocation.fit([data.shards.train_N])
+            self.allocation.tokenizer_fingerprint = fingerprint
+            self.allocation.save(self.allocation_path)
+        if self.allocation.tokenizer_fingerprint not in (None, fingerprint):
+            raise ValueError(
+                f"allocation_path={self.allocation_path!r} was fitted on tokens of tokenizer "
+                f"{self.allocation.tokenizer_fingerprint} but data.tokenizer is {fingerprint}; "
+                "give another allocation_path (it is fitted there) or the matching tokenizer"
+            )
+        offsets_V1 = torch.from_numpy(np.array(self.allocation.offsets(), dtype=np.int64))
+        loaded = int(self.offsets_V1[-1]) != 0  # from a checkpoint loaded before connect
+        if loaded and not torch.equal(self.offsets_V1.cpu(), offsets_V1):
+            raise ValueError(
+                f"the loaded checkpoint was trained with another row allocation than the one at "
+                f"allocation_path={self.allocation_path!r}; give the allocation file of that run"
+            )
+        self.offsets_V1.copy_(offsets_V1)
+        self._max_rows = int(self.allocation.rows_per_token().max())
+        self._connected = True
+        if self.exported_tables is not None:
+            self._place_exported_tables()
+
+    def use_exported_tables(self, directory: str) -> None:
+        """Read the tables from ``directory`` (written by ``embedkit export``) on the
+        ``table_backend`` tier at ``connect`` instead of from the checkpoint."""
+        self.exported_tables = directory
+        for name in ("key_table", "value_table"):
+            if isinstance(getattr(self, name), nn.Module):
+                delattr(self, name)
+            object.__setattr__(self, name, None)
+
+    def _place_exported_tables(self) -> None:
+        backends: list[EmbeddingBackend] = []
+        names = self.table_names()
+        for name, width in zip(names, (self.dim, self.d_emb)[: len(names)], strict=True):
+            table, producer = place_table(
+                f"{self.exported_tables}/{name}",
+                self.table_backend,
+                num_rows=self.num_rows,
+                dim=width,
+                producer={"allocation_hash": self.allocation.content_hash},
+                what=f"the L³ table {name!r}",
+            )
+            backends.append(table)
+            self._table_producer = producer
+        object.__setattr__(self, "key_table", backends[0])
+        object.__setattr__(self, "value_table", None if self.tie_kv else backends[1])
+        self._tables_checked = False
+
+    # -- cost ------------------------------------------------------------------------------
+
+    def lookup_parameters(self) -> int:
+        """Rows of the tables: a token reads only its own (not active parameters)."""
+        return self.num_rows * (self.dim + (0 if self.tie_kv else self.d_emb))
+
+    def inference_flops_per_token(self) -> int:
+        """The matrices, plus scores and weighted sum over the token's rows: the mean rows per
+        token of the allocation (uniform v / V until it is fitted)."""
+        mean_rows = self.num_rows / max(len(self.offsets_V1) - 1, 1)
+        lookup = 2 * mean_rows * (self.dim + self.d_emb)
+        return int(2 * (self.up.weight.numel() + self.mix.weight.numel()) + lookup)
+
+    # -- compute ---------------------------------------------------------------------------
+
+    def forward(self, hidden_BLD: torch.Tensor, ids_BL: torch.Tensor) -> torch.Tensor:
+        if not self._connected:
+            raise RuntimeError("L3Layer is used before connect(datamodule) loaded its allocation")
+        if not self._tables_checked:
+            self._check_table_source()
+        hidden_PD = hidden_BLD.reshape(-1, self.dim)
+        plan = self._plan(ids_BL)
+        dtype = compute_dtype(hidden_BLD)
+        keys_MD = self._pool(self.key_table, plan.pool_rows_M, hidden_BLD.device, dtype)
+        values_ME = (
+            keys_MD
+            if self.tie_kv
+            else self._pool(self.value_table, plan.pool_rows_M, hidden_BLD.device, dtype)
+        )
+        looked_PE = token_attention(
+            self.query_norm(hidden_PD), plan, keys_MD, values_ME, scale=1 / math.sqrt(self.dim)
+        )
+        up_PF = self.up_norm(self.up(looked_PE))
+        # W_mix [up; x] as two products over its column blocks (no concatenated copy).
+        mix_up_DF, mix_x_DD = self.mix.weight.split([self.d_up, self.dim], dim=1)
+        mixed_PD = F.linear(up_PF, mix_up_DF) + F.linear(hidden_PD, mix_x_DD)
+        return hidden_BLD + mixed_PD.view_as(hidden_BLD)
+
+    def _plan(self, ids_BL: torch.Tensor) -> LookupPlan:
+        """The lookup plan of ``ids_BL``; layers with the same allocation share it within one
+        forward (the decoder hands every sublayer the same ids tensor)."""
+        if ids_BL.is_inference():  # no version counter: in-place changes would go unseen
+            return plan_lookup(ids_BL.reshape(-1), self.offsets_V1, max_rows=self._max_rows)
+        key = (self.allocation.content_hash, ids_BL._version)
+        for ids_ref, ids_key, plan in _RECENT_PLANS:
+            if ids_ref() is ids_BL and ids_key == key:
+                return plan
+        plan = plan_lookup(ids_BL.reshape(-1), self.offsets_V1, max_rows=self._max_rows)
+        _RECENT_PLANS.append((weakref.ref(ids_BL), key, plan))
+        return plan
+
+    @staticmethod
+    def _pool(table, rows_M: torch.Tensor, device: torch.device, dtype) -> torch.Tensor:
+        return table.gather(rows_M).to(device, dtype)
+
+    # -- export and checkpoints -------------------------------------------------------------
+
+    def _dense_weights_hash(self) -> str:
+        return weights_hash(self.query_norm, self.up, self.up_norm, self.mix)
+
+    def export_tables(
+        self, directory: str, *, to: str, token_embedding: nn.Embedding, producer: dict
+    ) -> list[str]:
+        """Write the key/value tables (``table_names()``) into ``directory`` on tier ``to``."""
+        if self.exported_tables is not None:
+            raise ValueError("this L3Layer reads exported tables; export from the checkpoint")
+        hashes = {
+            "allocation_hash": self.allocation.content_hash,
+            "layer_weights_hash": self._dense_weights_hash(),
+        }
+        tables = [self.key_table] if self.tie_kv else [self.key_table, self.value_table]
+        written = []
+        for name, table in zip(self.table_names(), tables, strict=True):
+            device = table.backend.device
+
+            def rows_of(start: int, stop: int, table=table, device=device) -> torch.Tensor:
+                return table.gather(torch.arange(start, stop, device=device))
+
+            location = f"{directory}/{name}"
+            write_table(
+                location,
+                rows_of,
+                to=to,
+                num_rows=self.num_rows,
+                dim=table.backend.dim,
+                dtype=str(table.backend.dtype).removeprefix("torch."),
+                producer=producer | hashes,
+            )
+            written.append(location)
+        return written
+
+    def _check_table_source(self) -> None:
+        """Refuse tables exported from another checkpoint (other layer weights); once per
+        loaded state, at the first forward after it."""
+        expected = self._table_producer.get("layer_weights_hash")
+        if expected and self._dense_weights_hash() != expected:
+            raise ValueError(
+                f"the L³ tables in {self.exported_tables!r} were exported from another "
+                f"checkpoint (the weights of the L3Layer before layer {self.before_layer} "
+                "differ); export them again from this one"
+            )
+        self._tables_checked = True
+
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ) -> None:
+        offsets_key = prefix + "offsets_V1"
+        loaded = state_dict.get(offsets_key)
+        if (
+            self._connected
+            and loaded is not None
+            and not torch.equal(loaded.cpu(), self.offsets_V1.cpu())
+        ):
+            error_msgs.append(
+                f"{offsets_key}: the checkpoint was trained with another row allocation "
+                f"than the one at allocation_path={self.allocation_path!r}; give the "
+                "allocation file of that run"
+            )
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+        if self.exported_tables is None:
+            return
+        # Exported tables replace the checkpoint's rows; check them against the loaded weights.
+        for key in [k for k in unexpected_keys if k.startswith(prefix) and "_table." in k]:
+            unexpected_keys.remove(key)
+        self._tables_checked = False
+
+
+def load_matching_allocation(path: str, configured: LZWAllocation) -> LZWAllocation:
+    """The allocation saved at ``path``, refused when its settings differ from ``configured``."""
+    loaded = LZWAllocation.load(path)
+    wanted = {**configured.settings, "vocab_size": configured.vocab_size}
+    wanted["strategy"] = configured.strategy
+    have = {**loaded.settings, "vocab_size": loaded.vocab_size, "strategy": loaded.strategy}
+    for field, value in wanted.items():
+        if have[field] != value:
+            raise ValueError(
+                f"allocation_path={path!r} holds an allocation with {field}={have[field]} but "
+                f"the recipe asks for {value}; give another allocation_path (it is fitted "
+                "there) or matching settings"
+            )
+    return loaded
