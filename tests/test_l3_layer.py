@@ -88,6 +88,40 @@ def test_sorted_lookup_matches_per_position_reference(tied: bool, seed: int):
         torch.testing.assert_close(fast_grad, slow_grad, rtol=1e-5, atol=1e-6)
 
 
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="the kernels need CUDA")
+
+
+@cuda
+@pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
+def test_triton_kernels_match_per_position_reference_values_and_gradients(tied: bool):
+    from embedkit_l3.triton_lookup import plan_triton, triton_token_attention
+
+    generator = torch.Generator().manual_seed(1)
+    rows_V = torch.randint(1, 70, (40,), generator=generator)
+    rows_V[0], rows_V[1], rows_V[2] = 512, 1, 33  # k rows, one row, across row blocks
+    offsets_V1 = _offsets(rows_V).cuda()
+    num_r, dim, width = int(offsets_V1[-1]), 32, 32 if tied else 16
+    keys_RD = torch.randn(num_r, dim, generator=generator).cuda().requires_grad_()
+    values_RE = keys_RD if tied else torch.randn(num_r, width, generator=generator).cuda()
+    values_RE.requires_grad_()
+    ids_P = torch.randint(0, 40, (300,), generator=generator)
+    ids_P[:140] = 0  # one token over many position tiles
+    ids_P = ids_P[torch.randperm(300, generator=generator)].cuda()
+    query_PD = torch.randn(300, dim, generator=generator).cuda().requires_grad_()
+    plan = plan_triton(ids_P, offsets_V1, num_rows=num_r)
+    fast_PE = triton_token_attention(
+        query_PD, plan, keys_RD, None if tied else values_RE, scale=0.2, dtype=torch.float32
+    )
+    slow_PE = _reference(query_PD, ids_P, offsets_V1, keys_RD, values_RE, 0.2)
+    torch.testing.assert_close(fast_PE, slow_PE, rtol=1e-5, atol=1e-5)
+    grad_PE = torch.randn(fast_PE.shape, generator=generator).cuda()
+    inputs = [query_PD, keys_RD] if tied else [query_PD, keys_RD, values_RE]
+    fast = torch.autograd.grad(fast_PE, inputs, grad_PE)
+    slow = torch.autograd.grad(slow_PE, inputs, grad_PE)
+    for fast_grad, slow_grad in zip(fast, slow, strict=True):
+        torch.testing.assert_close(fast_grad, slow_grad, rtol=1e-5, atol=1e-5)
+
+
 def test_pool_holds_each_distinct_token_rows_once():
     rows_V = torch.tensor([3, 1, 5, 2])
     ids_P = torch.tensor([2, 2, 0, 2, 3, 0])
@@ -119,7 +153,8 @@ def _allocation(num_rows: int = 2048, **settings) -> LZWAllocation:
 def _layer(tmp_path: Path, **kwargs) -> L3Layer:
     torch.manual_seed(0)
     kwargs = {"before_layer": 1, "allocation": _allocation(), "d_up": 48} | kwargs
-    return L3Layer(32, 256, GPUBackend, allocation_path=str(tmp_path / "a.npz"), **kwargs)
+    backend = kwargs.pop("table_backend", GPUBackend)
+    return L3Layer(32, 256, backend, allocation_path=str(tmp_path / "a.npz"), **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -143,6 +178,31 @@ def test_layer_starts_as_the_identity_and_learns_from_the_first_step(tmp_path, d
     assert torch.equal(out_BLD, hidden_BLD)
     out_BLD.square().sum().backward()
     assert layer.mix.weight.grad.abs().sum() > 0
+
+
+@cuda
+def test_triton_and_bucket_lookups_give_the_same_layer(tmp_path, data):
+    layers = {lookup: _layer(tmp_path, lookup=lookup) for lookup in ("triton", "buckets")}
+    torch.nn.init.normal_(layers["triton"].mix.weight, std=0.1)
+    torch.nn.init.normal_(layers["triton"].key_table.backend.weight)
+    layers["buckets"].load_state_dict(layers["triton"].state_dict())
+    hidden_BLD = torch.randn(2, 70, 32, device="cuda")
+    ids_BL = torch.randint(0, 256, (2, 70), device="cuda")
+    outputs, grads = {}, {}
+    for name, layer in layers.items():
+        layer.cuda().connect(data)
+        outputs[name] = layer(hidden_BLD, ids_BL)
+        outputs[name].square().sum().backward()
+        grads[name] = layer.key_table.backend.weight.grad
+    torch.testing.assert_close(outputs["triton"], outputs["buckets"])
+    torch.testing.assert_close(grads["triton"], grads["buckets"], rtol=1e-4, atol=1e-5)
+
+
+def test_triton_lookup_refuses_tables_off_the_device(tmp_path, data):
+    layer = _layer(tmp_path, lookup="triton", table_backend=TIERS["pinned"])
+    layer.connect(data)
+    with pytest.raises(ValueError, match=r"lookup='triton' needs its tables"):
+        layer(torch.randn(1, 4, 32), torch.zeros(1, 4, dtype=torch.long))
 
 
 def test_connect_fits_then_reuses_the_allocation(tmp_path, data):
