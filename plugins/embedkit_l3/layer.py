@@ -301,7 +301,8 @@ class L3Layer(Sublayer):
 
     @staticmethod
     def _pool(table, rows_M: torch.Tensor, device: torch.device, dtype) -> torch.Tensor:
-        if isinstance(table, nn.Module) and table.device != device:
+        exported_module = isinstance(table, nn.Module) and not isinstance(table, TableSlot)
+        if exported_module and table.device != device:
             table.to(device)  # an exported table on the GPU tier follows the model
         return table.gather(rows_M).to(device, dtype)
 
