@@ -122,6 +122,32 @@ def test_triton_kernels_match_per_position_reference_values_and_gradients(tied: 
         torch.testing.assert_close(fast_grad, slow_grad, rtol=1e-5, atol=1e-5)
 
 
+@cuda
+def test_triton_lookup_never_waits_for_the_device():
+    from embedkit_l3.triton_lookup import plan_triton, triton_token_attention
+
+    ids_P = torch.randint(0, 100, (4096,), device="cuda")
+    offsets_V1 = _offsets(torch.randint(1, 50, (100,))).cuda()
+    num_r = int(offsets_V1[-1])
+    table_RD = torch.randn(num_r, 64, device="cuda", requires_grad=True)
+    query_PD = torch.randn(4096, 64, device="cuda", requires_grad=True)
+
+    def step():
+        plan = plan_triton(ids_P, offsets_V1, num_rows=num_r)
+        out_PE = triton_token_attention(
+            query_PD, plan, table_RD, None, scale=0.1, dtype=torch.bfloat16
+        )
+        out_PE.float().sum().backward()
+
+    step()  # compiles the kernels
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        step()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+
+
 def test_pool_holds_each_distinct_token_rows_once():
     rows_V = torch.tensor([3, 1, 5, 2])
     ids_P = torch.tensor([2, 2, 0, 2, 3, 0])

@@ -26,46 +26,48 @@ TILE_ROWS = 32  # BN
 
 @dataclass(frozen=True)
 class TritonPlan:
-    """Sorted positions and the work lists of the three kernels; token ids only."""
+    """Sorted positions and the work lists of the three kernels, indexed by token id; made from
+    token ids alone, with fixed shapes and no host synchronisation."""
 
     order_P: torch.Tensor  # position at each sorted place
-    q_start_U: torch.Tensor  # first sorted place of each distinct token
-    q_count_U: torch.Tensor
-    row_start_U: torch.Tensor  # first table row of each distinct token
-    row_count_U: torch.Tensor
-    tile_first_U: torch.Tensor  # first tile of each token
+    q_start_V: torch.Tensor  # first sorted place of each token
+    q_count_V: torch.Tensor  # its positions (0: absent from the batch)
+    row_start_V: torch.Tensor  # first table row of each token
+    row_count_V: torch.Tensor
+    tile_first_V: torch.Tensor  # first position tile of each token
     token_of_tile_S: torch.Tensor
-    block_first_U: torch.Tensor  # first row block of each token
+    block_first_V: torch.Tensor  # first row block of each present token
     token_of_block_C: torch.Tensor
 
 
 def plan_triton(ids_P: torch.Tensor, offsets_V1: torch.Tensor, *, num_rows: int) -> TritonPlan:
-    """Work lists for positions ``ids_P`` over CSR ``offsets_V1``; one host synchronisation
-    (the number of distinct tokens). Grids are upper bounds; spare programs exit at once."""
+    """Work lists for positions ``ids_P`` over CSR ``offsets_V1``. Grids have fixed upper
+    bounds (``ceil(P / 16) + V`` tiles, ``ceil(v / 32) + V`` row blocks); spare programs exit
+    at once, so nothing waits for the device."""
     device = ids_P.device
+    num_v = offsets_V1.numel() - 1
     order_P = torch.argsort(ids_P, stable=True)
-    tokens_U, counts_U = torch.unique_consecutive(ids_P[order_P], return_counts=True)
-    num_u = tokens_U.numel()
-    row_start_U = offsets_V1[tokens_U]
-    rows_U = offsets_V1[tokens_U + 1] - row_start_U
-    tiles_U = (counts_U + TILE_POSITIONS - 1) // TILE_POSITIONS
-    blocks_U = (rows_U + TILE_ROWS - 1) // TILE_ROWS
-    tile_first_U = torch.cumsum(tiles_U, 0) - tiles_U
-    block_first_U = torch.cumsum(blocks_U, 0) - blocks_U
-    num_s = -(-ids_P.numel() // TILE_POSITIONS) + num_u
-    num_c = -(-num_rows // TILE_ROWS) + num_u
-    steps_S = torch.arange(num_s, device=device)
-    steps_C = torch.arange(num_c, device=device)
+    counts_V = torch.zeros(num_v, dtype=torch.long, device=device)
+    counts_V.index_add_(0, ids_P, torch.ones_like(ids_P))  # bincount would wait for max()
+    rows_V = offsets_V1.diff()
+    tiles_V = (counts_V + TILE_POSITIONS - 1) // TILE_POSITIONS
+    blocks_V = torch.where(counts_V > 0, (rows_V + TILE_ROWS - 1) // TILE_ROWS, 0)
+    tile_first_V = torch.cumsum(tiles_V, 0) - tiles_V
+    block_first_V = torch.cumsum(blocks_V, 0) - blocks_V
+    # Among tokens that share a first tile (or block), only the last can own any: the
+    # rightmost match is the owner.
+    steps_S = torch.arange(-(-ids_P.numel() // TILE_POSITIONS) + num_v, device=device)
+    steps_C = torch.arange(-(-num_rows // TILE_ROWS) + num_v, device=device)
     return TritonPlan(
         order_P=order_P,
-        q_start_U=torch.cumsum(counts_U, 0) - counts_U,
-        q_count_U=counts_U,
-        row_start_U=row_start_U,
-        row_count_U=rows_U,
-        tile_first_U=tile_first_U,
-        token_of_tile_S=torch.searchsorted(tile_first_U, steps_S, right=True) - 1,
-        block_first_U=block_first_U,
-        token_of_block_C=torch.searchsorted(block_first_U, steps_C, right=True) - 1,
+        q_start_V=torch.cumsum(counts_V, 0) - counts_V,
+        q_count_V=counts_V,
+        row_start_V=offsets_V1[:-1],
+        row_count_V=rows_V,
+        tile_first_V=tile_first_V,
+        token_of_tile_S=torch.searchsorted(tile_first_V, steps_S, right=True) - 1,
+        block_first_V=block_first_V,
+        token_of_block_C=torch.searchsorted(block_first_V, steps_C, right=True) - 1,
     )
 
 
@@ -178,13 +180,13 @@ def _backward_rows(
     u = tl.load(token_of_block + block)
     j = block - tl.load(block_first + u)
     nr = tl.load(row_count + u)
-    if j * BN >= nr:
+    first = tl.load(q_start + u)
+    last = first + tl.load(q_count + u)
+    if (j * BN >= nr) | (last == first):  # past the token's rows, or a token not in the batch
         return
     offs_n = j * BN + tl.arange(0, BN)
     in_n = offs_n < nr
     rows = tl.load(row_start + u).to(tl.int64) + offs_n
-    first = tl.load(q_start + u)
-    last = first + tl.load(q_count + u)
     k = _load_rows(K, rows, D, in_n, DT)
     if TIED:  # noqa: SIM108 (a compile-time branch in Triton)
         v = k
@@ -231,8 +233,8 @@ class _TokenLookup(torch.autograd.Function):
         options = _options(keys_RD, values, tied, dtype)
         _forward[(plan.token_of_tile_S.numel(),)](
             query_PD, plan.order_P, keys_RD, values, out_PE, lse_P, scale,
-            plan.token_of_tile_S, plan.tile_first_U, plan.q_start_U, plan.q_count_U,
-            plan.row_start_U, plan.row_count_U, **options,
+            plan.token_of_tile_S, plan.tile_first_V, plan.q_start_V, plan.q_count_V,
+            plan.row_start_V, plan.row_count_V, **options,
         )  # fmt: skip
         ctx.save_for_backward(query_PD, keys_RD, values, out_PE, lse_P)
         ctx.plan, ctx.tied, ctx.dtype, ctx.scale = plan, tied, dtype, scale
@@ -249,8 +251,8 @@ class _TokenLookup(torch.autograd.Function):
         _backward_query[(plan.token_of_tile_S.numel(),)](
             query_PD, plan.order_P, keys_RD, values, out_PE, grad_PE, lse_P, delta_P,
             grad_query_PD, scale,
-            plan.token_of_tile_S, plan.tile_first_U, plan.q_start_U, plan.q_count_U,
-            plan.row_start_U, plan.row_count_U, **options,
+            plan.token_of_tile_S, plan.tile_first_V, plan.q_start_V, plan.q_count_V,
+            plan.row_start_V, plan.row_count_V, **options,
         )  # fmt: skip
         grad_keys_RD = torch.zeros(keys_RD.shape, dtype=torch.float32, device=keys_RD.device)
         grad_values_RE = None if tied else torch.zeros(values.shape, dtype=torch.float32,
@@ -258,8 +260,8 @@ class _TokenLookup(torch.autograd.Function):
         _backward_rows[(plan.token_of_block_C.numel(),)](
             query_PD, plan.order_P, keys_RD, values, grad_PE, lse_P, delta_P, grad_keys_RD,
             grad_keys_RD if tied else grad_values_RE, scale,
-            plan.token_of_block_C, plan.block_first_U, plan.q_start_U, plan.q_count_U,
-            plan.row_start_U, plan.row_count_U, **options,
+            plan.token_of_block_C, plan.block_first_V, plan.q_start_V, plan.q_count_V,
+            plan.row_start_V, plan.row_count_V, **options,
         )  # fmt: skip
         return (
             grad_query_PD,
