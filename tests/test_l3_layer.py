@@ -92,15 +92,16 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="the kernels nee
 
 
 @cuda
+@pytest.mark.parametrize("dim", [32, 1024])
 @pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
-def test_triton_kernels_match_per_position_reference_values_and_gradients(tied: bool):
+def test_triton_kernels_match_per_position_reference_values_and_gradients(tied: bool, dim: int):
     from embedkit_l3.triton_lookup import plan_triton, triton_token_attention
 
     generator = torch.Generator().manual_seed(1)
     rows_V = torch.randint(1, 70, (40,), generator=generator)
     rows_V[0], rows_V[1], rows_V[2] = 512, 1, 33  # k rows, one row, across row blocks
     offsets_V1 = _offsets(rows_V).cuda()
-    num_r, dim, width = int(offsets_V1[-1]), 32, 32 if tied else 16
+    num_r, width = int(offsets_V1[-1]), dim if tied else 16
     keys_RD = torch.randn(num_r, dim, generator=generator).cuda().requires_grad_()
     values_RE = keys_RD if tied else torch.randn(num_r, width, generator=generator).cuda()
     values_RE.requires_grad_()
@@ -108,18 +109,21 @@ def test_triton_kernels_match_per_position_reference_values_and_gradients(tied: 
     ids_P[:140] = 0  # one token over many position tiles
     ids_P = ids_P[torch.randperm(300, generator=generator)].cuda()
     query_PD = torch.randn(300, dim, generator=generator).cuda().requires_grad_()
-    plan = plan_triton(ids_P, offsets_V1, num_rows=num_r)
+    plan = plan_triton(ids_P, offsets_V1, num_rows=num_r, width=dim)
     fast_PE = triton_token_attention(
         query_PD, plan, keys_RD, None if tied else values_RE, scale=0.2, dtype=torch.float32
     )
     slow_PE = _reference(query_PD, ids_P, offsets_V1, keys_RD, values_RE, 0.2)
-    torch.testing.assert_close(fast_PE, slow_PE, rtol=1e-5, atol=1e-5)
+    # fp32 throughout; sums of 1024 products in another order differ in the last bits, which
+    # the sharp softmax of wide random vectors magnifies to ~4e-5.
+    close = {"rtol": 1e-5, "atol": 1e-5} if dim <= 64 else {"rtol": 1e-4, "atol": 1e-4}
+    torch.testing.assert_close(fast_PE, slow_PE, **close)
     grad_PE = torch.randn(fast_PE.shape, generator=generator).cuda()
     inputs = [query_PD, keys_RD] if tied else [query_PD, keys_RD, values_RE]
     fast = torch.autograd.grad(fast_PE, inputs, grad_PE)
     slow = torch.autograd.grad(slow_PE, inputs, grad_PE)
     for fast_grad, slow_grad in zip(fast, slow, strict=True):
-        torch.testing.assert_close(fast_grad, slow_grad, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(fast_grad, slow_grad, **close)
 
 
 @cuda
@@ -133,7 +137,7 @@ def test_triton_lookup_never_waits_for_the_device():
     query_PD = torch.randn(4096, 64, device="cuda", requires_grad=True)
 
     def step():
-        plan = plan_triton(ids_P, offsets_V1, num_rows=num_r)
+        plan = plan_triton(ids_P, offsets_V1, num_rows=num_r, width=64)
         out_PE = triton_token_attention(
             query_PD, plan, table_RD, None, scale=0.1, dtype=torch.bfloat16
         )

@@ -13,7 +13,9 @@ from embedkit.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "recipes").rglob("*.yaml"))
-STANDALONE = [r for r in RECIPES if "storage" not in r.parts]
+OVERLAY_FOLDERS = ("storage", "scale")  # applied on top of another recipe
+STANDALONE = [r for r in RECIPES if not set(OVERLAY_FOLDERS) & set(r.parts)]
+SCALE_BASES = {"wide.yaml": "gpu/dense.yaml", "l3-wide.yaml": "gpu/l3.yaml"}
 
 
 def print_config(*args: str) -> str:
@@ -49,3 +51,24 @@ def test_storage_overlay_moves_every_table(recipe, overlay):
     printed = yaml.safe_load(print_config("--config", str(recipe), "--config", str(overlay)))
     backend = printed["model"]["decoder"]["init_args"]["table_backend"]["class_path"]
     assert backend.endswith("." + TIER_CLASSES[overlay.stem])
+
+
+@pytest.mark.parametrize("overlay", sorted(SCALE_BASES))
+def test_scale_overlay_validates_on_its_base(overlay):
+    base = ROOT / "recipes" / SCALE_BASES[overlay]
+    printed = yaml.safe_load(
+        print_config("--config", str(base), "--config", str(ROOT / "recipes" / "scale" / overlay))
+    )
+    assert printed["model"]["decoder"]["init_args"]["dim"] == 1024
+    assert str(base.relative_to(ROOT)) in (ROOT / "recipes" / "scale" / overlay).read_text()
+
+
+def test_commands_take_repeated_config_flags():
+    from embedkit.commands import export, info
+
+    for command in (info, export):
+        parsed = command.build_parser().parse_args(
+            ["--config", "a.yaml", "--config", "b.yaml", "c.yaml"]
+            + (["--ckpt_path", "x", "--out", "y"] if command is export else [])
+        )
+        assert parsed.config == ["a.yaml", "b.yaml", "c.yaml"]

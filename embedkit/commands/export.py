@@ -18,7 +18,12 @@ def build_parser() -> ArgumentParser:
     """Arguments of ``embedkit export``."""
     parser = ArgumentParser(prog="embedkit export", description=HELP)
     parser.add_argument(
-        "--config", type=str, nargs="+", required=True, help="The run's recipe(s), in order."
+        "--config",
+        type=str,
+        nargs="+",
+        action="extend",
+        required=True,
+        help="The run's recipe(s), in order (repeat --config or list them).",
     )
     parser.add_argument("--ckpt_path", type=str, required=True, help="The trained checkpoint.")
     parser.add_argument("--out", type=str, required=True, help="Folder for the tables.")

@@ -11,7 +11,12 @@ def build_parser() -> ArgumentParser:
     """Arguments of ``embedkit info``."""
     parser = ArgumentParser(prog="embedkit info", description=HELP)
     parser.add_argument(
-        "--config", type=str, nargs="+", required=True, help="The recipe(s), in order."
+        "--config",
+        type=str,
+        nargs="+",
+        action="extend",
+        required=True,
+        help="The recipe(s), in order (repeat --config or list them).",
     )
     return parser
 

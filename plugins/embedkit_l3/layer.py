@@ -240,7 +240,13 @@ class L3Layer(Sublayer):
         if self._use_kernels(hidden_BLD.device):
             from embedkit_l3.triton_lookup import plan_triton, triton_token_attention
 
-            plan = self._plan(ids_BL, "triton", plan_triton, num_rows=self.num_rows)
+            plan = self._plan(
+                ids_BL,
+                "triton",
+                plan_triton,
+                num_rows=self.num_rows,
+                width=max(self.dim, self.d_emb),
+            )
             keys_RD = _whole_table(self.key_table)
             values_RE = None if self.tie_kv else _whole_table(self.value_table)
             looked_PE = triton_token_attention(

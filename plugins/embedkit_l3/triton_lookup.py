@@ -20,8 +20,12 @@ import torch
 import triton
 import triton.language as tl
 
-TILE_POSITIONS = 16  # BM
-TILE_ROWS = 32  # BN
+TILE_POSITIONS = 16  # BM: positions of one token per program
+
+
+def tile_rows(width: int) -> int:
+    """Rows per program (BN): 32, or 16 for rows wider than 512 (shared memory)."""
+    return 32 if width <= 512 else 16
 
 
 @dataclass(frozen=True)
@@ -38,12 +42,16 @@ class TritonPlan:
     token_of_tile_S: torch.Tensor
     block_first_V: torch.Tensor  # first row block of each present token
     token_of_block_C: torch.Tensor
+    rows_per_block: int  # BN
 
 
-def plan_triton(ids_P: torch.Tensor, offsets_V1: torch.Tensor, *, num_rows: int) -> TritonPlan:
-    """Work lists for positions ``ids_P`` over CSR ``offsets_V1``. Grids have fixed upper
-    bounds (``ceil(P / 16) + V`` tiles, ``ceil(v / 32) + V`` row blocks); spare programs exit
-    at once, so nothing waits for the device."""
+def plan_triton(
+    ids_P: torch.Tensor, offsets_V1: torch.Tensor, *, num_rows: int, width: int
+) -> TritonPlan:
+    """Work lists for positions ``ids_P`` over CSR ``offsets_V1`` and tables of rows ``width``
+    wide. Grids have fixed upper bounds (``ceil(P / BM) + V`` tiles, ``ceil(v / BN) + V`` row
+    blocks); spare programs exit at once, so nothing waits for the device."""
+    block_rows = tile_rows(width)
     device = ids_P.device
     num_v = offsets_V1.numel() - 1
     order_P = torch.argsort(ids_P, stable=True)
@@ -51,13 +59,13 @@ def plan_triton(ids_P: torch.Tensor, offsets_V1: torch.Tensor, *, num_rows: int)
     counts_V.index_add_(0, ids_P, torch.ones_like(ids_P))  # bincount would wait for max()
     rows_V = offsets_V1.diff()
     tiles_V = (counts_V + TILE_POSITIONS - 1) // TILE_POSITIONS
-    blocks_V = torch.where(counts_V > 0, (rows_V + TILE_ROWS - 1) // TILE_ROWS, 0)
+    blocks_V = torch.where(counts_V > 0, (rows_V + block_rows - 1) // block_rows, 0)
     tile_first_V = torch.cumsum(tiles_V, 0) - tiles_V
     block_first_V = torch.cumsum(blocks_V, 0) - blocks_V
     # Among tokens that share a first tile (or block), only the last can own any: the
     # rightmost match is the owner.
     steps_S = torch.arange(-(-ids_P.numel() // TILE_POSITIONS) + num_v, device=device)
-    steps_C = torch.arange(-(-num_rows // TILE_ROWS) + num_v, device=device)
+    steps_C = torch.arange(-(-num_rows // block_rows) + num_v, device=device)
     return TritonPlan(
         order_P=order_P,
         q_start_V=torch.cumsum(counts_V, 0) - counts_V,
@@ -68,6 +76,7 @@ def plan_triton(ids_P: torch.Tensor, offsets_V1: torch.Tensor, *, num_rows: int)
         token_of_tile_S=torch.searchsorted(tile_first_V, steps_S, right=True) - 1,
         block_first_V=block_first_V,
         token_of_block_C=torch.searchsorted(block_first_V, steps_C, right=True) - 1,
+        rows_per_block=block_rows,
     )
 
 
@@ -230,7 +239,7 @@ class _TokenLookup(torch.autograd.Function):
         num_p, width = query_PD.shape[0], values.shape[1]
         out_PE = query_PD.new_empty(num_p, width, dtype=dtype)
         lse_P = torch.empty(num_p, dtype=torch.float32, device=query_PD.device)
-        options = _options(keys_RD, values, tied, dtype)
+        options = _options(keys_RD, values, tied, dtype, plan)
         _forward[(plan.token_of_tile_S.numel(),)](
             query_PD, plan.order_P, keys_RD, values, out_PE, lse_P, scale,
             plan.token_of_tile_S, plan.tile_first_V, plan.q_start_V, plan.q_count_V,
@@ -245,7 +254,7 @@ class _TokenLookup(torch.autograd.Function):
         query_PD, keys_RD, values, out_PE, lse_P = ctx.saved_tensors
         plan, tied, scale = ctx.plan, ctx.tied, ctx.scale
         grad_PE = grad_PE.contiguous()
-        options = _options(keys_RD, values, tied, ctx.dtype)
+        options = _options(keys_RD, values, tied, ctx.dtype, plan)
         delta_P = torch.empty_like(lse_P)
         grad_query_PD = torch.empty_like(query_PD)
         _backward_query[(plan.token_of_tile_S.numel(),)](
@@ -273,10 +282,12 @@ class _TokenLookup(torch.autograd.Function):
         )
 
 
-def _options(keys_RD, values, tied: bool, dtype: torch.dtype) -> dict:
+def _options(keys_RD, values, tied: bool, dtype: torch.dtype, plan: TritonPlan) -> dict:
+    wide = max(keys_RD.shape[1], values.shape[1]) > 512
     return dict(
-        D=keys_RD.shape[1], E=values.shape[1], BM=TILE_POSITIONS, BN=TILE_ROWS, TIED=tied,
-        DT=_DT[dtype], PRECISION="ieee" if dtype == torch.float32 else "tf32", num_warps=4,
+        D=keys_RD.shape[1], E=values.shape[1], BM=TILE_POSITIONS, BN=plan.rows_per_block,
+        TIED=tied, DT=_DT[dtype], PRECISION="ieee" if dtype == torch.float32 else "tf32",
+        num_warps=4, num_stages=1 if wide else 3,
     )  # fmt: skip
 
 
@@ -285,8 +296,8 @@ def _cast(grad: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
 
 
 def supported(dim: int, width: int) -> bool:
-    """Whether the kernels take these widths (powers of two from 16)."""
-    return all(w >= 16 and w & (w - 1) == 0 for w in (dim, width))
+    """Whether the kernels take these widths (powers of two from 16 to 1024)."""
+    return all(16 <= w <= 1024 and w & (w - 1) == 0 for w in (dim, width))
 
 
 def triton_token_attention(
