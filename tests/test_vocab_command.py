@@ -170,3 +170,10 @@ def test_allocation_info_refuses_shards_of_another_vocab_size(shards_dir, tmp_pa
     (other / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(SystemExit, match=r"V=256 .* vocab_size=512"):
         run("info", str(out), "--vocab", "LZWAllocation", "--data_dir", str(other))
+    manifest["vocab_size"] = 256
+    manifest["tokenizer_fingerprint"] = "another"
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(
+        SystemExit, match=r"fitted on tokens of tokenizer .* from tokenizer another"
+    ):
+        run("info", str(out), "--vocab", "LZWAllocation", "--data_dir", str(other))

@@ -145,7 +145,7 @@ def _info(opts: Namespace) -> None:
     if rows_V is not None:
         _print_allocation(vocab, rows_V)
     if opts.data_dir is not None and rows_V is not None:
-        _rows_read(rows_V, opts.data_dir)
+        _rows_read(rows_V, opts.data_dir, fingerprint)
     elif opts.data_dir is not None:
         _coverage(vocab, opts.data_dir, fingerprint, entries)
     tokenizer = None
@@ -216,9 +216,16 @@ def _print_allocation(vocab: Any, rows_V: np.ndarray) -> None:
         )
 
 
-def _rows_read(rows_V: np.ndarray, data_dir: str) -> None:
+def _rows_read(rows_V: np.ndarray, data_dir: str, fingerprint: str | None) -> None:
     """Rows a validation position reads (its token's), on average, and how often more than 1."""
     shards = TokenShards.open(data_dir)
+    theirs = shards.manifest.tokenizer_fingerprint
+    if fingerprint is not None and theirs != fingerprint:
+        raise ValueError(
+            f"the allocation was fitted on tokens of tokenizer {fingerprint} but the token "
+            f"shards in --data_dir={data_dir} come from tokenizer {theirs}; give shards of the "
+            "same tokenizer"
+        )
     if shards.manifest.vocab_size != len(rows_V):
         raise ValueError(
             f"the allocation covers V={len(rows_V)} token ids but the token shards in "
