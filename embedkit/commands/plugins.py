@@ -20,9 +20,10 @@ def build_parser() -> ArgumentParser:
 
 
 def first_doc_line(cls: type) -> str:
-    """The first line of a class docstring, or an empty string."""
-    doc = (cls.__doc__ or "").strip()
-    return doc.splitlines()[0] if doc else ""
+    """The first sentence of a class docstring (it may wrap over lines), or an empty string."""
+    paragraph = " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
+    sentence, stop, _ = paragraph.partition(". ")
+    return sentence + ("." if stop else "")
 
 
 def run(args: Namespace) -> None:
