@@ -17,6 +17,7 @@ VOCAB, NUM_ROWS, DIM = 50, 50, 16
 EXAMPLES = {
     "IdentityRouter": lambda cls: cls(num_rows=NUM_ROWS),
     "StaticTokenRouter": lambda cls: cls(allocation=_l3_allocation()),
+    "TopKRouter": lambda cls: cls(dim=DIM, num_experts=8, top_k=2).eval(),
 }
 
 ROUTERS = registry.specs("Router")
