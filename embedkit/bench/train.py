@@ -251,7 +251,9 @@ def run_train_bench(
         rates = [steps * tokens / s for s in seconds[run.name]]
         median = statistics.median(rates)
         peak_gib = [peak / GIB for peak in peaks[run.name] if peak is not None]
-        baseline = results[0]["tokens_per_s"] if results else median
+        baseline = results[0]["tokens_per_s_rounds"] if results else rates
+        # Runs of one round ran back to back: their ratio cancels drift of the machine.
+        round_ratios = [rate / base for rate, base in zip(rates, baseline, strict=True)]
         results.append(
             {
                 "name": run.name,
@@ -263,7 +265,8 @@ def run_train_bench(
                 "tokens_per_s_min": min(rates),
                 "tokens_per_s_max": max(rates),
                 "tokens_per_s_rounds": rates,
-                "ratio": median / baseline,
+                "ratio": statistics.median(round_ratios),
+                "ratio_rounds": round_ratios,
                 "step_ms": statistics.median(seconds[run.name]) / steps * 1e3,
                 "peak_memory_gib": max(peak_gib, default=None),
                 "gradient_clip_val": run.clip,

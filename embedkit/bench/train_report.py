@@ -44,8 +44,9 @@ def train_markdown(results: dict, command: str) -> str:
         f"Device: **{results['device']}**, torch {results['torch']}, {results['precision']}. "
         f"Steps per run: {results['warmup']} to warm up, then {results['steps']} timed in each "
         f"of {results['rounds']} rounds, runs in turn with only the timed one on the device; "
-        f"tokens/s is the median over rounds (min-max beside it), the ratio is to "
-        f"**{results['baseline']}**.",
+        f"tokens/s is the median over rounds (min-max beside it); the ratio to "
+        f"**{results['baseline']}** is the median of the rounds' ratios (runs of one round ran "
+        "back to back, so drift of the machine cancels).",
         "",
         f"Command: `{command}`",
         "",
@@ -54,12 +55,13 @@ def train_markdown(results: dict, command: str) -> str:
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for run in results["runs"]:
-        params = run["parameters"]
+        params, ratios = run["parameters"], run["ratio_rounds"]
         lines.append(
             f"| {run['name']} | {', '.join(f'`{c}`' for c in run['configs'])} "
             f"| {run['batch_size']} x {run['seq_len']} | {run['tokens_per_s']:,.0f} "
             f"| {run['tokens_per_s_min']:,.0f}-{run['tokens_per_s_max']:,.0f} "
-            f"| {run['ratio']:.3f}x | {run['step_ms']:.1f} | {_gib(run['peak_memory_gib'])} "
+            f"| {run['ratio']:.3f}x ({min(ratios):.2f}-{max(ratios):.2f}) "
+            f"| {run['step_ms']:.1f} | {_gib(run['peak_memory_gib'])} "
             f"| {params['total']:,} | {params['active']:,} "
             f"| {run['inference_flops_per_token'] / 1e6:,.1f} |"
         )
