@@ -29,7 +29,8 @@ def part_flops(part: nn.Module | None) -> int:
 def inference_flops_per_token(decoder: Decoder, *, context: int) -> int:
     """Forward FLOPs to produce one token's logits with ``context`` tokens of attention."""
     attention = 4 * len(decoder.layers) * context * decoder.dim
-    layers = sum(matrix_flops(layer) for layer in decoder.layers)
+    # The feed-forward block may have its own estimate (a mixture of experts runs K of them).
+    layers = sum(matrix_flops(layer.attn) + part_flops(layer.ffn) for layer in decoder.layers)
     sublayers = sum(part_flops(s) for s in decoder.sublayers.values())
     return (
         attention

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch.optim.lr_scheduler import LambdaLR
 
-from embedkit.interfaces import DataConnected
+from embedkit.interfaces import AuxiliaryLosses, DataConnected
 from embedkit.metrics import SummedPerplexity
 from embedkit.model.decoder import Decoder
 from embedkit.schedule import warmup_cosine
@@ -83,7 +83,22 @@ class LanguageModel(L.LightningModule):
         nll_sum, count = self._summed_loss(batch)
         loss = nll_sum / count.clamp_min(1)
         self.log("train/loss", loss, prog_bar=True)
+        auxiliary = self._auxiliary_losses()
+        if auxiliary is not None:
+            self.log("train/total_loss", loss + auxiliary)
+            return loss + auxiliary
         return loss
+
+    def _auxiliary_losses(self) -> torch.Tensor | None:
+        """Sum of the decoder parts' own losses of this forward, each logged by part and name."""
+        total = None
+        for name, part in self.decoder.named_modules():
+            if not isinstance(part, AuxiliaryLosses):
+                continue
+            for loss_name, value in part.auxiliary_losses().items():
+                self.log(f"train/{name}/{loss_name}", value)
+                total = value if total is None else total + value
+        return total
 
     def on_train_batch_end(self, outputs, batch: dict, batch_idx: int) -> None:
         # Wall time between consecutive batch ends: in steady state this is the true step time

@@ -1,5 +1,6 @@
 """The interfaces every embedkit component implements (see docs/architecture.md)."""
 
+from embedkit.interfaces.auxiliary import AuxiliaryLosses
 from embedkit.interfaces.backend import EmbeddingBackend, RowsHandle, TableFactory
 from embedkit.interfaces.data_connected import DataConnected
 from embedkit.interfaces.feed_forward import FeedForward
@@ -9,6 +10,7 @@ from embedkit.interfaces.sublayer import Sublayer
 from embedkit.interfaces.vocab import VocabExtension
 
 __all__ = [
+    "AuxiliaryLosses",
     "DataConnected",
     "EmbeddingBackend",
     "FeedForward",
