@@ -57,7 +57,7 @@ def test_unknown_name_lists_known_and_closest():
         registry.resolve("FeedForward", "SwiGLUU")
     message = str(info.value)
     assert "unknown FeedForward 'SwiGLUU'" in message
-    assert "known: SwiGLU" in message and "did you mean SwiGLU" in message
+    assert "known: MoEFeedForward, SwiGLU" in message and "did you mean SwiGLU" in message
 
 
 def test_jsonargparse_errors_are_explained():
