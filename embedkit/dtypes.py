@@ -28,3 +28,11 @@ def dtype_name(dtype: torch.dtype) -> str:
         if value == dtype:
             return name
     raise ValueError(f"dtype {dtype} is not a table dtype; valid: {', '.join(DTYPES)}")
+
+
+def compute_dtype(like: torch.Tensor) -> torch.dtype:
+    """The dtype matrix products run in: autocast's when it is on for ``like``'s device, else
+    ``like``'s own."""
+    if torch.is_autocast_enabled(like.device.type):
+        return torch.get_autocast_dtype(like.device.type)
+    return like.dtype

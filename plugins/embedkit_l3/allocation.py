@@ -143,3 +143,18 @@ class LZWAllocation(VocabExtension):
         allocation.fit_stats = stats
         allocation.tokenizer_fingerprint = fingerprint
         return allocation
+
+
+def load_matching_allocation(path: str | Path, configured: LZWAllocation) -> LZWAllocation:
+    """The allocation saved at ``path``, refused when its v, k, V or strategy differ from
+    ``configured``'s."""
+    loaded = LZWAllocation.load(path)
+    have, wanted = loaded._all_settings(), configured._all_settings()
+    for field, value in wanted.items():
+        if have[field] != value:
+            raise ValueError(
+                f"allocation_path={str(path)!r} holds an allocation with {field}={have[field]} "
+                f"but the recipe asks for {value}; give another allocation_path (it is fitted "
+                "there) or matching settings"
+            )
+    return loaded

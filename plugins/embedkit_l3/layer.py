@@ -30,22 +30,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from embedkit.dtypes import compute_dtype
 from embedkit.exported_tables import place_table, weights_hash, write_table
 from embedkit.interfaces import EmbeddingBackend, Sublayer, TableFactory
 from embedkit.model.table_slot import TableSlot
-from embedkit_l3.allocation import LZWAllocation
+from embedkit_l3.allocation import LZWAllocation, load_matching_allocation
 from embedkit_l3.token_attention import plan_lookup, token_attention
 
 # The last few plans, by ids tensor (weakly) and allocation: L³ layers that share an
 # allocation compute the plan of a forward's ids once.
 _RECENT_PLANS: collections.deque = collections.deque(maxlen=4)
-
-
-def compute_dtype(like: torch.Tensor) -> torch.dtype:
-    """The dtype matrix products run in here: autocast's when it is on, else ``like``'s."""
-    if torch.is_autocast_enabled(like.device.type):
-        return torch.get_autocast_dtype(like.device.type)
-    return like.dtype
 
 
 class L3Layer(Sublayer):
@@ -394,19 +388,3 @@ def _whole_table(table) -> torch.Tensor | None:
     backend = table.backend if isinstance(table, TableSlot) else table
     weight = getattr(backend, "weight", None)
     return weight if isinstance(weight, torch.Tensor) else None
-
-
-def load_matching_allocation(path: str, configured: LZWAllocation) -> LZWAllocation:
-    """The allocation saved at ``path``, refused when its settings differ from ``configured``."""
-    loaded = LZWAllocation.load(path)
-    wanted = {**configured.settings, "vocab_size": configured.vocab_size}
-    wanted["strategy"] = configured.strategy
-    have = {**loaded.settings, "vocab_size": loaded.vocab_size, "strategy": loaded.strategy}
-    for field, value in wanted.items():
-        if have[field] != value:
-            raise ValueError(
-                f"allocation_path={path!r} holds an allocation with {field}={have[field]} but "
-                f"the recipe asks for {value}; give another allocation_path (it is fitted "
-                "there) or matching settings"
-            )
-    return loaded

@@ -14,14 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from embedkit.dtypes import compute_dtype
+
 Implementation = Literal["auto", "grouped", "loop"]
-
-
-def compute_dtype(like: torch.Tensor) -> torch.dtype:
-    """Autocast's dtype when it is on for ``like``'s device, else ``like``'s dtype."""
-    if torch.is_autocast_enabled(like.device.type):
-        return torch.get_autocast_dtype(like.device.type)
-    return like.dtype
 
 
 def grouped_mm_supported(rows_ND: torch.Tensor, dtype: torch.dtype) -> bool:
