@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 
 from embedkit.accounting import inference_flops_per_token, parameter_counts
 from embedkit.bench.timing import synchronize
+from embedkit.commands.recipe_args import config_args
 from embedkit.interfaces import DataConnected
 from embedkit.lm import LanguageModel
 
@@ -96,7 +97,7 @@ def build_run(
     ``num_batches`` training batches."""
     from embedkit.cli import run_cli
 
-    args = [*(a for path in configs for a in ("--config", path)), *overrides]
+    args = [*config_args(configs), *overrides]
     with warnings.catch_warnings():  # sys.argv holds `bench train`'s arguments: expected
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
         cli = run_cli(args, run=False)

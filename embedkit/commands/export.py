@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from jsonargparse import ArgumentParser, Namespace
 
+from embedkit.commands.recipe_args import add_config_argument, config_args
 from embedkit.interfaces import DataConnected
 
 HELP = "Export a checkpoint's lookup tables (e.g. SCONE's f-gram table) to zarr, pinned or gpu."
@@ -17,14 +18,7 @@ HELP = "Export a checkpoint's lookup tables (e.g. SCONE's f-gram table) to zarr,
 def build_parser() -> ArgumentParser:
     """Arguments of ``embedkit export``."""
     parser = ArgumentParser(prog="embedkit export", description=HELP)
-    parser.add_argument(
-        "--config",
-        type=str,
-        nargs="+",
-        action="extend",
-        required=True,
-        help="The run's recipe(s), in order (repeat --config or list them).",
-    )
+    add_config_argument(parser)
     parser.add_argument("--ckpt_path", type=str, required=True, help="The trained checkpoint.")
     parser.add_argument("--out", type=str, required=True, help="Folder for the tables.")
     parser.add_argument(
@@ -48,7 +42,7 @@ def run(args: Namespace) -> None:
 
     if not os.path.isfile(args.ckpt_path):
         raise ValueError(f"--ckpt_path={args.ckpt_path!r} does not exist")
-    configs = [arg for path in args.config for arg in ("--config", path)]
+    configs = config_args(args.config)
     cli = run_cli(configs, run=False)
     model, data = cli.model, cli.datamodule
     data.prepare_data()

@@ -4,20 +4,15 @@ from __future__ import annotations
 
 from jsonargparse import ArgumentParser, Namespace
 
+from embedkit.commands.recipe_args import add_config_argument, config_args
+
 HELP = "Parameters and inference FLOPs per token of a recipe's model."
 
 
 def build_parser() -> ArgumentParser:
     """Arguments of ``embedkit info``."""
     parser = ArgumentParser(prog="embedkit info", description=HELP)
-    parser.add_argument(
-        "--config",
-        type=str,
-        nargs="+",
-        action="extend",
-        required=True,
-        help="The recipe(s), in order (repeat --config or list them).",
-    )
+    add_config_argument(parser)
     return parser
 
 
@@ -26,7 +21,7 @@ def describe(configs: list[str]) -> dict[str, int]:
     from embedkit.accounting import inference_flops_per_token, parameter_counts
     from embedkit.cli import run_cli
 
-    cli = run_cli([arg for path in configs for arg in ("--config", path)], run=False)
+    cli = run_cli(config_args(configs), run=False)
     decoder = cli.model.decoder
     context = cli.datamodule.seq_len
     figures = {f"parameters_{k}": v for k, v in parameter_counts(decoder).items()}
