@@ -169,15 +169,21 @@ def _info(opts: Namespace) -> None:
         _print_top_tokens(rows_V, opts.top, tokenizer)
 
 
-def _coverage(vocab: Any, data_dir: str, fingerprint: str | None, entries: Any) -> None:
+def _matching_shards(data_dir: str, fingerprint: str | None, what: str) -> TokenShards:
+    """The shards in ``data_dir``, refused when their tokenizer is not ``fingerprint``."""
     shards = TokenShards.open(data_dir)
     theirs = shards.manifest.tokenizer_fingerprint
     if fingerprint is not None and theirs != fingerprint:
         raise ValueError(
-            f"the vocabulary was built from tokens of tokenizer {fingerprint} but the token "
-            f"shards in --data_dir={data_dir} come from tokenizer {theirs}; give shards of the "
-            "same tokenizer"
+            f"{what} on tokens of tokenizer {fingerprint} but the token shards in "
+            f"--data_dir={data_dir} come from tokenizer {theirs}; give shards of the same "
+            "tokenizer"
         )
+    return shards
+
+
+def _coverage(vocab: Any, data_dir: str, fingerprint: str | None, entries: Any) -> None:
+    shards = _matching_shards(data_dir, fingerprint, "the vocabulary was built")
     ids_L = vocab.lookup(shards.val_N)
     matched_L = ids_L >= 0
     print(
@@ -218,14 +224,7 @@ def _print_allocation(vocab: Any, rows_V: np.ndarray) -> None:
 
 def _rows_read(rows_V: np.ndarray, data_dir: str, fingerprint: str | None) -> None:
     """Rows a validation position reads (its token's), on average, and how often more than 1."""
-    shards = TokenShards.open(data_dir)
-    theirs = shards.manifest.tokenizer_fingerprint
-    if fingerprint is not None and theirs != fingerprint:
-        raise ValueError(
-            f"the allocation was fitted on tokens of tokenizer {fingerprint} but the token "
-            f"shards in --data_dir={data_dir} come from tokenizer {theirs}; give shards of the "
-            "same tokenizer"
-        )
+    shards = _matching_shards(data_dir, fingerprint, "the allocation was fitted")
     if shards.manifest.vocab_size != len(rows_V):
         raise ValueError(
             f"the allocation covers V={len(rows_V)} token ids but the token shards in "
