@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch.optim.lr_scheduler import LambdaLR
 
-from embedkit.interfaces import AuxiliaryLosses, DataConnected
+from embedkit.interfaces import AuxiliaryLosses, DataConnected, TrainingMetrics
 from embedkit.metrics import SummedPerplexity
 from embedkit.model.decoder import Decoder
 from embedkit.schedule import warmup_cosine
@@ -83,6 +83,8 @@ class LanguageModel(L.LightningModule):
         nll_sum, count = self._summed_loss(batch)
         loss = nll_sum / count.clamp_min(1)
         self.log("train/loss", loss, prog_bar=True)
+        if self._is_logging_step():
+            self._log_training_metrics()
         auxiliary = self._auxiliary_losses()
         if auxiliary is not None:
             self.log("train/total_loss", loss + auxiliary)
@@ -99,6 +101,21 @@ class LanguageModel(L.LightningModule):
                 self.log(f"train/{name}/{loss_name}", value)
                 total = value if total is None else total + value
         return total
+
+    def _is_logging_step(self) -> bool:
+        """Whether Lightning writes this step's logs: every ``log_every_n_steps`` optimizer
+        steps, counted as its logger connector counts them; False without a trainer."""
+        trainer = self._trainer
+        if trainer is None or trainer.log_every_n_steps < 1:
+            return False
+        return (trainer.global_step + 1) % trainer.log_every_n_steps == 0
+
+    def _log_training_metrics(self) -> None:
+        """Log the metrics of this forward of every decoder part that has some, by part name."""
+        for name, part in self.decoder.named_modules():
+            if isinstance(part, TrainingMetrics):
+                for metric_name, value in part.training_metrics().items():
+                    self.log(f"train/{name}/{metric_name}", value)
 
     def on_train_batch_end(self, outputs, batch: dict, batch_idx: int) -> None:
         # Wall time between consecutive batch ends: in steady state this is the true step time

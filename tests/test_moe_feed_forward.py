@@ -84,3 +84,33 @@ def test_info_counts_two_of_eight_experts_as_active():
     assert moe["parameters_total"] == dense["parameters_total"] + gates + 4 * 6 * 3 * 128 * 192
     flops = 2 * gates // 4 * 4  # the gates, once per layer
     assert moe["inference_flops_per_token"] == dense["inference_flops_per_token"] + flops
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the block compiles on CUDA")
+def test_compiled_training_forward_matches_eager_values_losses_gradients_and_bias():
+    import copy
+
+    torch.manual_seed(0)
+    eager = MoEFeedForward(64, num_experts=4, top_k=2, bias_update_speed=0.01, compile_mode=None)
+    compiled = copy.deepcopy(eager)
+    compiled._block.mode = "reduce-overhead"
+    hidden_BLD = torch.randn(2, 32, 64)
+    results = []
+    for block in (eager.cuda(), compiled.cuda()):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out_BLD = block(hidden_BLD.cuda())
+        losses = block.auxiliary_losses()
+        (out_BLD.float().square().mean() + sum(losses.values())).backward()
+        grads = {name: p.grad for name, p in block.named_parameters()}
+        results.append((out_BLD.float(), losses, grads, block.router.expert_bias_E.clone()))
+    (out, losses, grads, bias), (out_c, losses_c, grads_c, bias_c) = results
+    assert compiled._block._compiled is not None
+    close = {"rtol": 2e-2, "atol": 2e-3}
+    torch.testing.assert_close(out_c, out, **close)
+    assert set(losses_c) == set(losses) == {"load_balancing_loss", "router_z_loss"}
+    for name in losses:
+        torch.testing.assert_close(losses_c[name], losses[name], **close)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grads_c[name], grad, **close)
+    torch.testing.assert_close(bias_c, bias)
+    torch.testing.assert_close(compiled.last_load_E, eager.last_load_E)

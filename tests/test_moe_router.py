@@ -130,6 +130,7 @@ def test_load_and_its_metrics():
     load_E = expert_load(experts_PK, 4)
     assert load_E.tolist() == [0.5, 0.25, 0.125, 0.125]
     metrics = load_metrics(torch.full((8,), 0.125))
-    assert metrics["load_entropy"] == pytest.approx(math.log(8))
-    assert metrics["load_max_over_mean"] == pytest.approx(1.0)
-    assert load_metrics(load_E)["load_max_over_mean"] == pytest.approx(2.0)
+    assert float(metrics["load_entropy"]) == pytest.approx(math.log(8))
+    assert float(metrics["load_max_over_mean"]) == pytest.approx(1.0)
+    assert float(load_metrics(load_E)["load_max_over_mean"]) == pytest.approx(2.0)
+    assert float(load_metrics(load_E)["load_min"]) == pytest.approx(0.125)

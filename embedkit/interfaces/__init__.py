@@ -1,6 +1,6 @@
 """The interfaces every embedkit component implements (see docs/architecture.md)."""
 
-from embedkit.interfaces.auxiliary import AuxiliaryLosses
+from embedkit.interfaces.auxiliary import AuxiliaryLosses, TrainingMetrics
 from embedkit.interfaces.backend import EmbeddingBackend, RowsHandle, TableFactory
 from embedkit.interfaces.data_connected import DataConnected
 from embedkit.interfaces.feed_forward import FeedForward
@@ -20,5 +20,6 @@ __all__ = [
     "RowsHandle",
     "Sublayer",
     "TableFactory",
+    "TrainingMetrics",
     "VocabExtension",
 ]

@@ -1,9 +1,15 @@
-"""``AuxiliaryLosses``: a model part that adds its own losses to the training loss.
+"""What a model part hands to training besides its output: losses and metrics.
 
-``LanguageModel.training_step`` asks every part of the decoder that has
+``AuxiliaryLosses``: ``LanguageModel.training_step`` asks every part of the decoder that has
 ``auxiliary_losses()`` for the losses of the forward it just ran (already weighted), adds them
 to the language-modelling loss once and logs each one under the part's name. Training windows
 hold no padding, so every position counts.
+
+``TrainingMetrics``: at the steps whose logs Lightning writes (every
+``trainer.log_every_n_steps``), ``training_step`` asks every part that has
+``training_metrics()`` for the metrics of the forward it just ran and logs each one as
+``train/<part name>/<metric>``. Parts are asked only then, so a metric may cost a few kernels
+but no step in between pays for it.
 """
 
 from __future__ import annotations
@@ -19,3 +25,12 @@ class AuxiliaryLosses(Protocol):
 
     def auxiliary_losses(self) -> dict[str, torch.Tensor]:
         """The weighted losses of the last training forward, by name; cleared once returned."""
+
+
+@runtime_checkable
+class TrainingMetrics(Protocol):
+    """A part with metrics of its own to log while training (e.g. a mixture of experts' load)."""
+
+    def training_metrics(self) -> dict[str, torch.Tensor]:
+        """Metrics of the last training forward, by name (``/`` groups them), each a tensor of
+        one element left on its device: reading it on the host is the logger's job."""

@@ -58,12 +58,13 @@ def update_expert_bias(bias_E: torch.Tensor, load_E: torch.Tensor, *, speed: flo
     bias_E += step_E - step_E.mean()
 
 
-def load_metrics(load_E: torch.Tensor) -> dict[str, float]:
-    """Entropy of the load (log E when balanced), its max / mean, and the least-loaded share."""
+def load_metrics(load_E: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Entropy of the load (log E when balanced), its max / mean, and the least-loaded share;
+    0-d tensors on the load's device (no host synchronisation)."""
     share_E = load_E / load_E.sum().clamp_min(1e-20)
     entropy = -(share_E * share_E.clamp_min(1e-20).log()).sum()
     return {
-        "load_entropy": float(entropy),
-        "load_max_over_mean": float(share_E.max() / share_E.mean().clamp_min(1e-20)),
-        "load_min": float(share_E.min()),
+        "load_entropy": entropy,
+        "load_max_over_mean": share_E.max() / share_E.mean().clamp_min(1e-20),
+        "load_min": share_E.min(),
     }

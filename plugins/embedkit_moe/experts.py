@@ -28,7 +28,12 @@ def grouped_mm_supported(rows_ND: torch.Tensor, dtype: torch.dtype) -> bool:
         return True
     if rows_ND.device.type != "cuda" or dtype != torch.bfloat16:
         return False
-    return torch.cuda.get_device_capability(rows_ND.device) >= (9, 0)
+    return _hopper_or_newer(rows_ND.device.index or 0)
+
+
+@torch.compiler.assume_constant_result  # a constant to torch.compile, not a graph break
+def _hopper_or_newer(device_index: int) -> bool:
+    return torch.cuda.get_device_capability(device_index) >= (9, 0)
 
 
 class GroupedExperts(nn.Module):

@@ -3,8 +3,9 @@
 Token-choice top-k routing (``TopKRouter``), dispatch to grouped experts (dropless by
 default), an optional shared expert every position also goes through; while training, the
 Switch load-balancing loss and the ST-MoE router z-loss of each forward are handed to the
-training loss (``AuxiliaryLosses``), and the auxiliary-loss-free expert bias (DeepSeek-V3) is
-updated from the forward's load when ``bias_update_speed`` > 0.
+training loss (``AuxiliaryLosses``), the auxiliary-loss-free expert bias (DeepSeek-V3) is
+updated from the forward's load when ``bias_update_speed`` > 0, and the load and dropped share
+are kept on the device for the logged metrics (``TrainingMetrics``).
 Legend: B = batch, L = sequence length, D = model width, P = B * L positions, E = experts.
 """
 
@@ -12,11 +13,13 @@ from __future__ import annotations
 
 import torch
 
+from embedkit.compiling import CompileMode, TrainingCompiler
 from embedkit.interfaces import FeedForward
 from embedkit_dense.swiglu import SwiGLU
 from embedkit_moe.balancing import (
     expert_load,
     load_balancing_loss,
+    load_metrics,
     router_z_loss,
     update_expert_bias,
 )
@@ -54,6 +57,7 @@ class MoEFeedForward(FeedForward):
         bias_update_speed: float = 0.0,
         capacity_factor: float | None = None,
         implementation: Implementation = "auto",
+        compile_mode: CompileMode | None = "reduce-overhead",
     ) -> None:
         """
         Args:
@@ -73,6 +77,10 @@ class MoEFeedForward(FeedForward):
             capacity_factor: Each expert keeps at most ``ceil(factor * P * K / E)`` pairs,
                 dropping the rest in position order; ``None`` is dropless.
             implementation: Expert matmuls: "grouped", "loop" or "auto".
+            compile_mode: While training on CUDA, the block (routing, dispatch, experts,
+                balancing losses) runs as one ``torch.compile`` graph per pass in this mode
+                ("reduce-overhead" replays it as a CUDA graph: far less host time per step);
+                null runs it eagerly.
         """
         super().__init__()
         for field, value in (
@@ -94,10 +102,23 @@ class MoEFeedForward(FeedForward):
         self.load_balancing_weight, self.z_loss_weight = load_balancing_weight, z_loss_weight
         self.bias_update_speed, self.capacity_factor = bias_update_speed, capacity_factor
         self._losses: dict[str, torch.Tensor] = {}
+        self._block = TrainingCompiler(self._forward, compile_mode, owner="MoEFeedForward")
         self.register_buffer("last_load_E", torch.zeros(num_experts), persistent=False)
         self.register_buffer("last_dropped", torch.zeros(()), persistent=False)
 
     def forward(self, hidden_BLD: torch.Tensor) -> torch.Tensor:
+        out_BLD, losses, load_E, dropped_share = self._block(
+            hidden_BLD, training=self.training, device=hidden_BLD.device
+        )
+        if self.training:
+            self._losses = losses
+            self.last_load_E.copy_(load_E)
+            self.last_dropped.copy_(dropped_share)
+        return out_BLD
+
+    def _forward(self, hidden_BLD: torch.Tensor):
+        """The output, and while training the weighted balancing losses, the load and the
+        dropped share (the expert bias follows the load when ``bias_update_speed`` > 0)."""
         hidden_PD = hidden_BLD.reshape(-1, hidden_BLD.shape[-1])
         _, stats = self.router.route_with_stats(hidden_PD)
         dispatched = dispatch_to_experts(
@@ -107,14 +128,9 @@ class MoEFeedForward(FeedForward):
         out_PD = dispatched.out_PD
         if self.shared is not None:
             out_PD = out_PD + self.shared(hidden_PD)
-        if self.training:
-            self._record(stats, dispatched.dropped_share)
-        return out_PD.view_as(hidden_BLD)
-
-    def _record(self, stats, dropped_share: torch.Tensor) -> None:
+        if not self.training:
+            return out_PD.view_as(hidden_BLD), {}, None, None
         load_E = expert_load(stats.experts_PK, self.router.num_experts)
-        self.last_load_E.copy_(load_E)
-        self.last_dropped.copy_(dropped_share.detach())
         losses = {}
         if self.load_balancing_weight > 0:
             sigmoid = self.router.score == "sigmoid"
@@ -123,14 +139,24 @@ class MoEFeedForward(FeedForward):
             )
         if self.z_loss_weight > 0:
             losses["router_z_loss"] = self.z_loss_weight * router_z_loss(stats.logits_PE)
-        self._losses = losses
         if self.bias_update_speed > 0:
             update_expert_bias(self.router.expert_bias_E, load_E, speed=self.bias_update_speed)
+        return out_PD.view_as(hidden_BLD), losses, load_E, dispatched.dropped_share.detach()
 
     def auxiliary_losses(self) -> dict[str, torch.Tensor]:
         """The weighted balancing losses of the last training forward (then cleared)."""
         losses, self._losses = self._losses, {}
         return losses
+
+    def training_metrics(self) -> dict[str, torch.Tensor]:
+        """The load of the last training forward: its entropy, max / mean and minimum
+        (``load_metrics``), the share of routed pairs dropped for capacity, and each expert's
+        share of the routed pairs (``load/expert_<e>``, 1 / E each when balanced)."""
+        metrics = load_metrics(self.last_load_E)
+        metrics["dropped_share"] = self.last_dropped
+        for expert, share in enumerate(self.last_load_E):
+            metrics[f"load/expert_{expert}"] = share
+        return metrics
 
     def lookup_parameters(self) -> int:
         """The experts a token does not go through: (E - K) / E of the routed experts."""
