@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 from embedkit.accounting import inference_flops_per_token, parameter_counts
 from embedkit.bench.timing import synchronize
 from embedkit.commands.recipe_args import config_args
-from embedkit.interfaces import DataConnected
+from embedkit.interfaces import AuxiliaryLosses, DataConnected
 from embedkit.lm import LanguageModel
 
 RUN_FORMAT = "NAME=CONFIG[,CONFIG...]"
@@ -47,6 +47,9 @@ class Run:
     batch_size: int
     seq_len: int
     figures: dict
+
+
+SETTLE_STEPS = 3  # untimed steps after each move onto the device (at most --warmup)
 
 
 def parse_runs(specs: Sequence[str]) -> dict[str, list[str]]:
@@ -145,13 +148,16 @@ def place(run: Run, device: torch.device) -> None:
 
 
 def train_steps(run: Run, steps: int, autocast: contextlib.AbstractContextManager) -> torch.Tensor:
-    """``steps`` optimizer steps, each as ``LanguageModel.training_step`` under Lightning; the
-    last loss (not synchronised)."""
+    """``steps`` optimizer steps, each as ``LanguageModel.training_step`` under Lightning (the
+    parts' auxiliary losses included); the last loss (not synchronised)."""
     for i in range(steps):
         batch = run.batches[i % len(run.batches)]
         with autocast:
             nll_sum, count = run.model._summed_loss(batch)
             loss = nll_sum / count.clamp_min(1)
+            for part in run.model.decoder.modules():  # e.g. an MoE's balancing losses
+                if isinstance(part, AuxiliaryLosses):
+                    loss = loss + sum(part.auxiliary_losses().values())
         loss.backward()
         if run.clip is not None:
             torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.clip)
@@ -162,11 +168,20 @@ def train_steps(run: Run, steps: int, autocast: contextlib.AbstractContextManage
 
 
 def _timed(
-    run: Run, steps: int, autocast: contextlib.AbstractContextManager, device: torch.device
+    run: Run,
+    steps: int,
+    autocast: contextlib.AbstractContextManager,
+    device: torch.device,
+    *,
+    settle: int = 0,
 ) -> tuple[float, int | None, float]:
     """Seconds of ``steps`` steps of ``run`` with only it on ``device`` (from an idle device to
-    completion), its peak allocated bytes there (``None`` off CUDA) and its last loss."""
+    completion), its peak allocated bytes there (``None`` off CUDA) and its last loss. The
+    ``settle`` untimed steps first rebuild what moving the model invalidates (CUDA graphs
+    recorded at the parameters' old addresses, allocator caches)."""
     place(run, device)
+    if settle:
+        train_steps(run, settle, autocast)
     synchronize(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -240,7 +255,9 @@ def run_train_bench(
     losses: dict[str, float] = {}
     for index in range(rounds):
         for run in built:
-            elapsed, peak, losses[run.name] = _timed(run, steps, autocast, target)
+            elapsed, peak, losses[run.name] = _timed(
+                run, steps, autocast, target, settle=min(warmup, SETTLE_STEPS)
+            )
             seconds[run.name].append(elapsed)
             peaks[run.name].append(peak)
             rate = steps * run.batch_size * run.seq_len / elapsed

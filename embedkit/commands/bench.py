@@ -51,7 +51,12 @@ def _train_parser() -> ArgumentParser:
         "baseline of the ratios.",
     )
     train.add_argument("--steps", type=int, default=20, help="Timed steps per run and round.")
-    train.add_argument("--warmup", type=int, default=5, help="Untimed steps per run first.")
+    train.add_argument(
+        "--warmup",
+        type=int,
+        default=5,
+        help="Untimed steps per run first (and up to 3 again before each timed round).",
+    )
     train.add_argument("--rounds", type=int, default=3, help="Rounds over all runs.")
     train.add_argument(
         "--batch_size", type=int | None, default=None, help="Override data.batch_size."
