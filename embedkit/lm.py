@@ -155,6 +155,32 @@ class LanguageModel(L.LightningModule):
         )
         return {"input_ids": ids_BL, "nll": nll_BL}
 
+    def _fused_optimizer(self, parameters: list[torch.Tensor]) -> bool | None:
+        """One fused AdamW kernel per step on CUDA (large lookup tables make the per-tensor
+        path slow), unless a gradient scaler (fp16) must unscale the gradients before
+        clipping; None lets torch choose."""
+        on_cuda = all(p.is_cuda for p in parameters)
+        return (on_cuda and self._gradient_scaler() is None) or None
+
+    def _gradient_scaler(self):
+        """The precision plugin's gradient scaler (fp16 mixed precision), else None."""
+        return getattr(getattr(self._trainer, "precision_plugin", None), "scaler", None)
+
+    def configure_gradient_clipping(
+        self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
+    ) -> None:
+        """Clip as Lightning does; without a gradient scaler (fp32, bf16-mixed) directly:
+        Lightning refuses to clip for a fused AdamW under mixed precision although nothing
+        needs unscaling then."""
+        if not gradient_clip_val or self._gradient_scaler() is not None:
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+            return
+        parameters = [p for group in optimizer.param_groups for p in group["params"]]
+        if gradient_clip_algorithm in (None, "norm"):
+            torch.nn.utils.clip_grad_norm_(parameters, gradient_clip_val)
+        else:
+            torch.nn.utils.clip_grad_value_(parameters, gradient_clip_val)
+
     def configure_optimizers(self):
         decay, no_decay = [], []
         for name, param in self.named_parameters():
@@ -162,8 +188,7 @@ class LanguageModel(L.LightningModule):
                 continue
             is_matrix = param.dim() >= 2 and "embedding" not in name and "table" not in name
             (decay if is_matrix else no_decay).append(param)
-        # One fused kernel per step on CUDA (large lookup tables make the per-tensor path slow).
-        fused = all(p.is_cuda for p in decay + no_decay) or None
+        fused = self._fused_optimizer(decay + no_decay)
         optimizer = torch.optim.AdamW(
             [
                 {"params": decay, "weight_decay": self.hparams.weight_decay},
