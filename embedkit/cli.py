@@ -15,6 +15,7 @@ from embedkit.callbacks import FitSummary
 from embedkit.cli_errors import explain
 from embedkit.commands import bench as bench_command
 from embedkit.commands import export as export_command
+from embedkit.commands import generate as generate_command
 from embedkit.commands import info as info_command
 from embedkit.commands import plugins as plugins_command
 from embedkit.commands import table as table_command
@@ -30,6 +31,7 @@ COMMANDS: dict[str, tuple[str, Callable[[], ArgumentParser], Callable]] = {
     "vocab": (vocab_command.HELP, vocab_command.build_parser, vocab_command.run),
     "info": (info_command.HELP, info_command.build_parser, info_command.run),
     "export": (export_command.HELP, export_command.build_parser, export_command.run),
+    "generate": (generate_command.HELP, generate_command.build_parser, generate_command.run),
 }
 
 

@@ -1,6 +1,8 @@
 """The decoder-only language model: token embedding, pre-norm layers, final norm, output head.
 
-Legend: B = batch, L = sequence length, D = model width, V = vocabulary size.
+Legend: B = batch, L = sequence length, D = model width, V = vocabulary size,
+T = new positions (decoding), S = positions a KV cache holds, W = preceding ids an input
+embedding reads.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import torch
 from torch import nn
 
 from embedkit.backends.gpu import GPUBackend
+from embedkit.generation.kv_cache import KVCache
 from embedkit.interfaces import FeedForward, InputEmbedding, Sublayer, TableFactory
 from embedkit.model.attention import CausalSelfAttention
 
@@ -43,6 +46,23 @@ class DecoderLayer(nn.Module):
     def forward(self, hidden_BLD: torch.Tensor) -> torch.Tensor:
         hidden_BLD = hidden_BLD + self.attn(self.attn_norm(hidden_BLD))
         return hidden_BLD + self.ffn(self.ffn_norm(hidden_BLD))
+
+    def decode(
+        self,
+        hidden_BTD: torch.Tensor,
+        cache_layer: tuple[torch.Tensor, torch.Tensor],
+        positions_BT: torch.Tensor,
+        mask_B1TS: torch.Tensor | None,
+        *,
+        end: int,
+    ) -> torch.Tensor:
+        """``forward`` of new positions that attend to a KV cache (see
+        ``CausalSelfAttention.decode``); the feed-forward block is per position."""
+        attended_BTD = self.attn.decode(
+            self.attn_norm(hidden_BTD), *cache_layer, positions_BT, mask_B1TS, end=end
+        )
+        hidden_BTD = hidden_BTD + attended_BTD
+        return hidden_BTD + self.ffn(self.ffn_norm(hidden_BTD))
 
 
 class Decoder(nn.Module):
@@ -99,6 +119,8 @@ class Decoder(nn.Module):
             raise ValueError(f"model.decoder.num_layers={num_layers} must be at least 1")
         self.vocab_size = vocab_size
         self.dim = dim
+        self.max_seq_len = max_seq_len
+        self.num_heads = num_heads
         self.token_embedding = nn.Embedding(vocab_size, dim)
         self.layers = nn.ModuleList(
             DecoderLayer(
@@ -161,6 +183,67 @@ class Decoder(nn.Module):
                 hidden_BLD = self.sublayers[str(index)](hidden_BLD, ids_BL)
             hidden_BLD = layer(hidden_BLD)
         return self.norm(hidden_BLD)
+
+    def new_cache(self, *, batch_size: int, max_len: int) -> KVCache:
+        """An empty KV cache for ``batch_size`` rows of at most ``max_len`` positions, on the
+        model's device and in its parameters' type."""
+        weight = self.token_embedding.weight
+        return KVCache(
+            num_layers=len(self.layers),
+            batch_size=batch_size,
+            num_heads=self.num_heads,
+            max_len=max_len,
+            head_dim=self.dim // self.num_heads,
+            dtype=weight.dtype,
+            device=weight.device,
+        )
+
+    def decode(
+        self, ids_BT: torch.Tensor, cache: KVCache, *, lengths: Sequence[int] | None = None
+    ) -> torch.Tensor:
+        """Final hidden states [B, T, D] of tokens ``ids_BT`` that continue the rows held in
+        ``cache`` (empty: a prompt's prefill), whose keys, values and ids are written into it.
+        Equals ``forward`` over each row's whole sequence at the new positions. Sublayers and
+        feed-forward blocks see the new positions only; an input embedding whose output at a
+        position reads the ids before it (SCONE) says how many with ``num_preceding_ids``, and
+        gets them from the cache.
+
+        Args:
+            ids_BT: The new token ids of every row, right-padded with any valid id.
+            cache: The rows decoded so far (``new_cache``); updated in place.
+            lengths: Tokens of each row among the T (prompts of different lengths); ``None``:
+                all T. A padding position's keys are never read by its row and are
+                overwritten by the row's next token.
+        """
+        T = ids_BT.shape[1]
+        positions_BT = cache.positions(T)
+        end = cache.max_length + T  # above every position of this call
+        mask_B1TS = None
+        if cache.max_length > 0:  # attend to the cached positions of the row, and causally
+            keys_S = torch.arange(end, device=ids_BT.device)
+            mask_B1TS = (keys_S <= positions_BT[:, :, None]).unsqueeze(1)
+        hidden_BTD = self.token_embedding(ids_BT)
+        if self.input_embedding is not None:
+            # Per position, from its own id and (SCONE) the ids before it: run the window of
+            # preceding ids the part reads along with the new ones, keep the new positions.
+            num_preceding = getattr(self.input_embedding, "num_preceding_ids", 0)
+            window_BW = cache.preceding_ids(positions_BT, num_preceding)
+            ids_BWT = torch.cat((window_BW, ids_BT), dim=1)
+            embedded_BWTD = torch.cat(
+                (self.token_embedding(window_BW.clamp_min(0)), hidden_BTD), dim=1
+            )
+            hidden_BTD = self.input_embedding(embedded_BWTD, ids_BWT, self.token_embedding, {})
+            hidden_BTD = hidden_BTD[:, num_preceding:]
+        cache.write_ids(positions_BT, ids_BT)
+        for index, layer in enumerate(self.layers):
+            if str(index) in self.sublayers:  # per position: L³ reads the new ids only
+                hidden_BTD = self.sublayers[str(index)](hidden_BTD, ids_BT)
+            hidden_BTD = layer.decode(
+                hidden_BTD, cache.layer(index), positions_BT, mask_B1TS, end=end
+            )
+        advance_B = None if lengths is None else torch.as_tensor(lengths, device=ids_BT.device)
+        cache.advance(advance_B, T if lengths is None else max(lengths))
+        return self.norm(hidden_BTD)
 
     def logits(self, hidden_BLD: torch.Tensor) -> torch.Tensor:
         """Output logits [B, L, V] from final hidden states."""

@@ -45,11 +45,23 @@ class RotaryEmbedding(nn.Module):
         sin_LE2 = self.sin_LE2[start : start + seq_len]
         return apply_rotary(x_BHLE, cos_LE2, sin_LE2)
 
+    def at(self, x_BHLE: torch.Tensor, positions_BL: torch.Tensor, *, end: int) -> torch.Tensor:
+        """Rotate queries or keys at per-row positions ``positions_BL`` (decoding rows of
+        different lengths), all below ``end`` (known on the host, so no device sync)."""
+        if end > self.cos_LE2.shape[0]:
+            device = self.cos_LE2.device
+            self._build(end)
+            self.to(device)
+        cos_B1LE2 = self.cos_LE2[positions_BL].unsqueeze(1)
+        sin_B1LE2 = self.sin_LE2[positions_BL].unsqueeze(1)
+        return apply_rotary(x_BHLE, cos_B1LE2, sin_B1LE2)
+
 
 def apply_rotary(
     x_BHLE: torch.Tensor, cos_LE2: torch.Tensor, sin_LE2: torch.Tensor
 ) -> torch.Tensor:
-    """Rotate pairs ``(x[..., i], x[..., i + E/2])`` by the angle of their position and ``i``."""
+    """Rotate pairs ``(x[..., i], x[..., i + E/2])`` by the angle of their position and ``i``
+    (the tables broadcast over ``x``: ``[L, E/2]``, or ``[B, 1, L, E/2]`` per row)."""
     half = x_BHLE.shape[-1] // 2
     x1, x2 = x_BHLE[..., :half].float(), x_BHLE[..., half:].float()
     rotated = torch.cat((x1 * cos_LE2 - x2 * sin_LE2, x2 * cos_LE2 + x1 * sin_LE2), dim=-1)

@@ -129,6 +129,12 @@ class SconeEmbedding(InputEmbedding):
             object.__setattr__(self, "_table", backend)
         data.add_feature(FEATURE, self.vocab)
 
+    @property
+    def num_preceding_ids(self) -> int:
+        """Ids before a position that decide its embedding: the longest f-gram's K - 1 (the
+        decoder's incremental ``decode`` hands them over with the new ids)."""
+        return self.vocab.max_n - 1
+
     def inference_flops_per_token(self) -> int:
         """0: at inference the exported table replaces the f-gram model (one row lookup)."""
         return 0

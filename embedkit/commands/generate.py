@@ -1,0 +1,203 @@
+"""``embedkit generate``: continue prompts with a trained checkpoint, decoding with a KV cache."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from jsonargparse import ArgumentParser, Namespace
+
+from embedkit.commands.recipe_args import add_config_argument, config_args
+from embedkit.interfaces import DataConnected
+
+HELP = "Continue prompts with a trained checkpoint (KV cache; greedy, temperature, top-k, top-p)."
+# Options of the recipe itself (``--model.decoder.init_args.tables DIR``, ``--data...``), passed
+# on to the recipe's parser as ``embedkit validate`` takes them.
+RECIPE_OPTIONS = ("--model", "--data")
+
+
+class GenerateParser(ArgumentParser):
+    """The command's own arguments; recipe options (``--model...``, ``--data...``) are set apart
+    into ``recipe_overrides``."""
+
+    def parse_args(self, args: Sequence[str] | None = None, *rest, **kwargs) -> Namespace:
+        own, overrides = split_recipe_options(sys.argv[1:] if args is None else args)
+        namespace = super().parse_args(own, *rest, **kwargs)
+        namespace.recipe_overrides = overrides
+        return namespace
+
+
+def split_recipe_options(args: Sequence[str]) -> tuple[list[str], list[str]]:
+    """``args`` apart into the command's own and the recipe's (``--model.x=v`` or
+    ``--model.x v``)."""
+    own, recipe = [], []
+    index = 0
+    while index < len(args):
+        arg = args[index]
+        name = arg.split("=", 1)[0]
+        if not name.startswith(tuple(f"{option}." for option in RECIPE_OPTIONS)) and (
+            name not in RECIPE_OPTIONS
+        ):
+            own.append(arg)
+        elif "=" in arg or index + 1 == len(args):
+            recipe.append(arg)
+        else:
+            recipe += [arg, args[index + 1]]
+            index += 1
+        index += 1
+    return own, recipe
+
+
+def build_parser() -> ArgumentParser:
+    """Arguments of ``embedkit generate``."""
+    parser = GenerateParser(
+        prog="embedkit generate",
+        description=HELP + " Recipe options (--model..., --data...) apply as in `embedkit "
+        "validate`, e.g. --model.decoder.init_args.tables DIR and storage overlays.",
+    )
+    add_config_argument(parser)
+    parser.add_argument("--ckpt_path", type=str, required=True, help="The trained checkpoint.")
+    parser.add_argument(
+        "--prompt",
+        type=str,
+        nargs="+",
+        action="extend",
+        default=[],
+        help="A prompt (repeat for a batch of prompts).",
+    )
+    parser.add_argument(
+        "--prompt_file", type=str | None, default=None, help="A file of prompts, one per line."
+    )
+    parser.add_argument(
+        "--max_new_tokens", type=int, default=100, help="Most tokens added to a prompt."
+    )
+    parser.add_argument(
+        "--temperature", type=float, default=1.0, help="Divides the logits; 0 is greedy."
+    )
+    parser.add_argument(
+        "--top_k", type=int | None, default=None, help="Draw among the k most likely tokens."
+    )
+    parser.add_argument(
+        "--top_p",
+        type=float,
+        default=1.0,
+        help="Draw among the most likely tokens up to this probability mass (0 < p <= 1).",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="Seed of the sampler.")
+    parser.add_argument(
+        "--device",
+        type=Literal["auto", "cpu", "cuda"],
+        default="auto",
+        help="Where to decode (auto: CUDA when available).",
+    )
+    parser.add_argument(
+        "--no_stream",
+        action="store_true",
+        help="Print a prompt's completion when it is done, not as it is produced.",
+    )
+    return parser
+
+
+def read_prompts(args: Namespace) -> list[str]:
+    """The prompts of ``--prompt`` then ``--prompt_file`` (its non-empty lines)."""
+    prompts = list(args.prompt)
+    if args.prompt_file is not None:
+        if not os.path.isfile(args.prompt_file):
+            raise ValueError(f"--prompt_file={args.prompt_file!r} does not exist")
+        with open(args.prompt_file, encoding="utf-8") as handle:
+            prompts += [line.rstrip("\n") for line in handle if line.strip()]
+    if not prompts:
+        raise ValueError("no prompt; give --prompt TEXT (repeatable) or --prompt_file FILE")
+    for index, prompt in enumerate(prompts):
+        if not prompt:
+            raise ValueError(f"prompt {index + 1} is empty; give a non-empty --prompt")
+    return prompts
+
+
+def pick_device(name: str) -> torch.device:
+    """``--device``: auto is CUDA when available."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device=cuda, but no CUDA device is available; valid: auto, cpu")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def load_model(configs: Sequence[str], overrides: Sequence[str], ckpt_path: str):
+    """The recipe's model with the checkpoint's weights, connected to its data, in eval mode;
+    and the data module (whose tokenizer is the run's)."""
+    from embedkit.cli import run_cli
+
+    cli = run_cli([*config_args(configs), *overrides], run=False)
+    model, data = cli.model, cli.datamodule
+    data.prepare_data()
+    data.setup("fit")
+    for part in model.decoder.modules():
+        if isinstance(part, DataConnected):
+            part.connect(data)
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    try:
+        model.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as err:  # shapes or parts that differ: another recipe's checkpoint
+        raise ValueError(
+            f"--ckpt_path={ckpt_path!r} does not fit the recipe's model: {err}"
+        ) from err
+    return model.eval(), data
+
+
+def run(args: Namespace) -> None:
+    """Load the model, encode the prompts, decode, and print the text."""
+    from embedkit.generation import Sampler, TextStream, generate
+
+    if not os.path.isfile(args.ckpt_path):
+        raise ValueError(f"--ckpt_path={args.ckpt_path!r} does not exist")
+    prompts = read_prompts(args)
+    sampler = Sampler(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    device = pick_device(args.device)
+    model, data = load_model(args.config, args.recipe_overrides, args.ckpt_path)
+    decoder = model.decoder.to(device)
+    tokenizer = data.tokenizer
+    prompt_ids = [[int(i) for i in ids] for ids in tokenizer.encode_batch(prompts)]
+    streams = [TextStream(tokenizer, ids) for ids in prompt_ids]
+    printer = None
+    if len(prompts) == 1 and not args.no_stream:
+        printer = StreamPrinter(prompts[0], streams[0])
+    completions = generate(
+        decoder,
+        prompt_ids,
+        max_new_tokens=args.max_new_tokens,
+        sampler=sampler,
+        stop_id=tokenizer.eot_id,
+        generator=torch.Generator(device=device).manual_seed(args.seed),
+        on_tokens=printer,
+    )
+    if printer is not None:
+        printer.close()
+        return
+    for index, (prompt, stream, completion) in enumerate(
+        zip(prompts, streams, completions, strict=True)
+    ):
+        if index:
+            print("---")
+        print(prompt + stream.push(completion) + stream.flush())
+
+
+class StreamPrinter:
+    """Prints one prompt and its completion as the tokens come; the prompt with the first one,
+    so that an error in the input comes before any output."""
+
+    def __init__(self, prompt: str, stream) -> None:
+        self.pending = prompt
+        self.stream = stream
+
+    def __call__(self, tokens: list[int | None]) -> None:
+        text = self.stream.push([tokens[0]]) if tokens[0] is not None else ""
+        print(self.pending + text, end="", flush=True)
+        self.pending = ""
+
+    def close(self) -> None:
+        """Print what is left, and end the line."""
+        print(self.pending + self.stream.flush())

@@ -1,0 +1,9 @@
+"""Decoding with a KV cache: the cache, the samplers, the decode loop and streamed text
+(``embedkit generate``; see docs/generate.md)."""
+
+from embedkit.generation.generate import generate
+from embedkit.generation.kv_cache import KVCache
+from embedkit.generation.sampling import Sampler
+from embedkit.generation.text_stream import TextStream
+
+__all__ = ["KVCache", "Sampler", "TextStream", "generate"]

@@ -1,0 +1,100 @@
+"""``generate``: continue a batch of prompts token by token with a KV cache.
+
+The prompts are right-padded and run once (prefill); then every step samples one token per row
+from the last logits and runs only those tokens through the decoder, which reads the earlier
+positions from the cache. A row stops at the stop id (e.g. end-of-text) or after
+``max_new_tokens``; the batch stops when every row has.
+
+Legend: B = batch rows, T = positions of the longest prompt, D = model width.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+import torch
+
+from embedkit.generation.sampling import Sampler
+
+if TYPE_CHECKING:
+    from embedkit.model.decoder import Decoder
+
+TokensCallback = Callable[[list[int | None]], None]
+
+
+def check_lengths(prompts: Sequence[Sequence[int]], *, max_new_tokens: int, max_seq_len: int):
+    """Refuse an empty prompt, or one that leaves no room for ``max_new_tokens`` within the
+    model's ``max_seq_len``."""
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens={max_new_tokens} is invalid; valid: at least 1")
+    for index, prompt in enumerate(prompts):
+        if len(prompt) == 0:
+            raise ValueError(f"prompt {index + 1} has no tokens; give a non-empty prompt")
+        if len(prompt) > max_seq_len:
+            raise ValueError(
+                f"prompt {index + 1} has {len(prompt)} tokens, more than the model's "
+                f"max_seq_len={max_seq_len}; shorten it"
+            )
+    longest = max(range(len(prompts)), key=lambda index: len(prompts[index]))
+    room = max_seq_len - len(prompts[longest])
+    if max_new_tokens > room:
+        raise ValueError(
+            f"max_new_tokens={max_new_tokens} after prompt {longest + 1} of "
+            f"{len(prompts[longest])} tokens exceeds the model's max_seq_len={max_seq_len}; "
+            f"valid: max_new_tokens <= {room}"
+        )
+
+
+@torch.no_grad()
+def generate(
+    decoder: Decoder,
+    prompts: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int,
+    sampler: Sampler,
+    stop_id: int | None = None,
+    generator: torch.Generator | None = None,
+    on_tokens: TokensCallback | None = None,
+) -> list[list[int]]:
+    """The new tokens of every prompt (the stop id excluded).
+
+    Args:
+        decoder: The model, in eval mode, on the device to decode on.
+        prompts: Token ids of each prompt (rows of the batch; lengths may differ).
+        max_new_tokens: Most tokens to add to a prompt.
+        sampler: Picks each next token from the logits.
+        stop_id: A row ends when it draws this id (``None``: only at ``max_new_tokens``).
+        generator: Random numbers of the sampler, on the decoder's device (seeded).
+        on_tokens: Called after every step with each row's new token (``None`` for rows that
+            have ended), e.g. to stream text.
+    """
+    check_lengths(prompts, max_new_tokens=max_new_tokens, max_seq_len=decoder.max_seq_len)
+    device = decoder.token_embedding.weight.device
+    lengths = [len(prompt) for prompt in prompts]
+    ids_BT = torch.zeros(len(prompts), max(lengths), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        ids_BT[row, : len(prompt)] = torch.as_tensor(prompt, dtype=torch.long)
+    cache = decoder.new_cache(batch_size=len(prompts), max_len=max(lengths) + max_new_tokens)
+    hidden_BTD = decoder.decode(ids_BT.to(device), cache, lengths=lengths)
+    last_B = torch.as_tensor(lengths, device=device) - 1
+    hidden_BD = hidden_BTD[torch.arange(len(prompts), device=device), last_B]
+    completions: list[list[int]] = [[] for _ in prompts]
+    ended = [False] * len(prompts)
+    for step in range(max_new_tokens):
+        next_B = sampler(decoder.logits(hidden_BD), generator)
+        tokens = next_B.tolist()  # the step's one host sync: to stream the text and to stop
+        for row, token in enumerate(tokens):
+            ended[row] = ended[row] or token == stop_id
+            if ended[row]:
+                tokens[row] = None
+            else:
+                completions[row].append(token)
+        if on_tokens is not None:
+            on_tokens(tokens)
+        if all(ended) or step + 1 == max_new_tokens:
+            break
+        # The next tokens are known here, before the forward that reads them: the place where
+        # planned lookups would start (prefetching their table rows from off-device tiers).
+        hidden_BD = decoder.decode(next_B[:, None], cache)[:, 0]
+    return completions
