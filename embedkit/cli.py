@@ -14,6 +14,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from embedkit.callbacks import FitSummary
 from embedkit.cli_errors import explain
 from embedkit.commands import bench as bench_command
+from embedkit.commands import compare as compare_command
 from embedkit.commands import export as export_command
 from embedkit.commands import generate as generate_command
 from embedkit.commands import info as info_command
@@ -22,6 +23,7 @@ from embedkit.commands import table as table_command
 from embedkit.commands import vocab as vocab_command
 from embedkit.data.datamodule import TextDataModule
 from embedkit.lm import LanguageModel
+from embedkit.run_record import RunRecord
 
 # name -> (one-line help, parser builder, runner); dispatched before LightningCLI parses.
 COMMANDS: dict[str, tuple[str, Callable[[], ArgumentParser], Callable]] = {
@@ -31,6 +33,7 @@ COMMANDS: dict[str, tuple[str, Callable[[], ArgumentParser], Callable]] = {
     "vocab": (vocab_command.HELP, vocab_command.build_parser, vocab_command.run),
     "info": (info_command.HELP, info_command.build_parser, info_command.run),
     "export": (export_command.HELP, export_command.build_parser, export_command.run),
+    "compare": (compare_command.HELP, compare_command.build_parser, compare_command.run),
     "generate": (generate_command.HELP, generate_command.build_parser, generate_command.run),
 }
 
@@ -80,7 +83,10 @@ def run_cli(args: Sequence[str] | None = None, *, run: bool = True) -> EmbedkitC
     return EmbedkitCLI(
         LanguageModel,
         TextDataModule,
-        trainer_defaults={"precision": default_precision(), "callbacks": [FitSummary()]},
+        trainer_defaults={
+            "precision": default_precision(),
+            "callbacks": [FitSummary(), RunRecord()],
+        },
         parser_class=EmbedkitArgumentParser,
         args=args,
         run=run,

@@ -1,0 +1,82 @@
+"""What a run ran on: embedkit's version and git commit, package versions, the device."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+PACKAGES = ("torch", "lightning", "torchmetrics", "jsonargparse", "numpy", "zarr", "tokenizers")
+
+
+def version(package: str) -> str | None:
+    """The installed version of ``package``; None when it is not installed."""
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def package_versions() -> dict[str, str | None]:
+    """Installed versions of the packages a run's numbers depend on (None: not installed)."""
+    return {name: version(name) for name in PACKAGES}
+
+
+def git_state() -> dict[str, Any]:
+    """``git_commit`` and ``git_dirty`` (tracked files changed) of the embedkit source tree
+    when it is a git checkout; both None otherwise, or when git is missing."""
+    source = Path(__file__).resolve().parent
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(
+                ["git", "-C", str(source), *args], capture_output=True, text=True, timeout=10
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout if done.returncode == 0 else None
+
+    # The package must be tracked by the checkout: an installed copy inside another repository
+    # (a virtual environment in a project folder) is not that repository's commit.
+    if shutil.which("git") is None or git("ls-files", "--error-unmatch", "__init__.py") is None:
+        return {"git_commit": None, "git_dirty": None}
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "git_commit": commit.strip() if commit else None,
+        "git_dirty": bool(status.strip()) if status is not None else None,
+    }
+
+
+def describe_device(trainer: L.Trainer, device: torch.device) -> dict[str, Any]:
+    """The device the model trained on, how many of them, and the CUDA stack."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
+    return {
+        "type": device.type,
+        "name": name,
+        "count": trainer.num_devices,
+        "num_nodes": trainer.num_nodes,
+        "precision": str(trainer.precision),
+        "torch_cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.cuda.is_available() else None,
+        "platform": f"{platform.system()} {platform.release()}; {sys.platform}",
+    }
+
+
+def _cpu_name() -> str:
+    """The CPU's model name (from /proc/cpuinfo on Linux), else the machine type."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
