@@ -24,8 +24,8 @@ from torch.utils.data import DataLoader
 
 from embedkit.accounting import inference_flops_per_token, parameter_counts
 from embedkit.bench.timing import synchronize
-from embedkit.commands.recipe_args import config_args
-from embedkit.interfaces import AuxiliaryLosses, DataConnected
+from embedkit.commands.recipe_args import build_connected, config_args
+from embedkit.interfaces import AuxiliaryLosses
 from embedkit.lm import LanguageModel
 
 RUN_FORMAT = "NAME=CONFIG[,CONFIG...]"
@@ -98,18 +98,9 @@ def build_run(
     """Model, data and optimizer of ``configs`` as ``embedkit fit`` builds them (the optimizer
     for ``device``, as Lightning configures it after moving the model; left on the CPU), with
     ``num_batches`` training batches."""
-    from embedkit.cli import run_cli
-
-    args = [*config_args(configs), *overrides]
     with warnings.catch_warnings():  # sys.argv holds `bench train`'s arguments: expected
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-        cli = run_cli(args, run=False)
-    model, data = cli.model, cli.datamodule
-    data.prepare_data()
-    data.setup("fit")
-    for part in model.decoder.modules():  # as LanguageModel.setup does
-        if isinstance(part, DataConnected):
-            part.connect(data)
+        cli, model, data = build_connected([*config_args(configs), *overrides])
     batches = _take(data.train_dataloader(), num_batches)
     # configure_optimizers reads the schedule's length from the trainer: the bench's steps.
     model.trainer = SimpleNamespace(estimated_stepping_batches=total_steps)

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
-import torch
 from jsonargparse import ArgumentParser, Namespace
 
-from embedkit.commands.recipe_args import add_config_argument, config_args
-from embedkit.interfaces import DataConnected
+from embedkit.commands.recipe_args import (
+    add_config_argument,
+    build_connected,
+    config_args,
+    load_weights,
+)
 
 HELP = "Export a checkpoint's lookup tables (e.g. SCONE's f-gram table) to zarr, pinned or gpu."
 
@@ -38,20 +40,8 @@ def file_sha256(path: str) -> str:
 
 def run(args: Namespace) -> None:
     """Build the model from its recipe, load the checkpoint, export every part's tables."""
-    from embedkit.cli import run_cli
-
-    if not os.path.isfile(args.ckpt_path):
-        raise ValueError(f"--ckpt_path={args.ckpt_path!r} does not exist")
-    configs = config_args(args.config)
-    cli = run_cli(configs, run=False)
-    model, data = cli.model, cli.datamodule
-    data.prepare_data()
-    data.setup("fit")
-    for part in model.decoder.modules():
-        if isinstance(part, DataConnected):
-            part.connect(data)
-    checkpoint = torch.load(args.ckpt_path, map_location="cpu", weights_only=False)
-    model.load_state_dict(checkpoint["state_dict"])
+    _, model, _ = build_connected(config_args(args.config))
+    load_weights(model, args.ckpt_path)
     model.eval()
     decoder = model.decoder
     parts = [m for m in decoder.modules() if hasattr(m, "export_tables")]

@@ -10,8 +10,12 @@ from typing import Literal
 import torch
 from jsonargparse import ArgumentParser, Namespace
 
-from embedkit.commands.recipe_args import add_config_argument, config_args
-from embedkit.interfaces import DataConnected
+from embedkit.commands.recipe_args import (
+    add_config_argument,
+    build_connected,
+    config_args,
+    load_weights,
+)
 
 HELP = "Continue prompts with a trained checkpoint (KV cache; greedy, temperature, top-k, top-p)."
 # Options of the recipe itself (``--model.decoder.init_args.tables DIR``, ``--data...``), passed
@@ -129,22 +133,8 @@ def pick_device(name: str) -> torch.device:
 def load_model(configs: Sequence[str], overrides: Sequence[str], ckpt_path: str):
     """The recipe's model with the checkpoint's weights, connected to its data, in eval mode;
     and the data module (whose tokenizer is the run's)."""
-    from embedkit.cli import run_cli
-
-    cli = run_cli([*config_args(configs), *overrides], run=False)
-    model, data = cli.model, cli.datamodule
-    data.prepare_data()
-    data.setup("fit")
-    for part in model.decoder.modules():
-        if isinstance(part, DataConnected):
-            part.connect(data)
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    try:
-        model.load_state_dict(checkpoint["state_dict"])
-    except RuntimeError as err:  # shapes or parts that differ: another recipe's checkpoint
-        raise ValueError(
-            f"--ckpt_path={ckpt_path!r} does not fit the recipe's model: {err}"
-        ) from err
+    _, model, data = build_connected([*config_args(configs), *overrides])
+    load_weights(model, ckpt_path)
     return model.eval(), data
 
 
