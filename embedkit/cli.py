@@ -15,6 +15,7 @@ from embedkit.callbacks import FitSummary
 from embedkit.cli_errors import explain
 from embedkit.commands import bench as bench_command
 from embedkit.commands import compare as compare_command
+from embedkit.commands import eval as eval_command
 from embedkit.commands import export as export_command
 from embedkit.commands import generate as generate_command
 from embedkit.commands import info as info_command
@@ -35,6 +36,7 @@ COMMANDS: dict[str, tuple[str, Callable[[], ArgumentParser], Callable]] = {
     "export": (export_command.HELP, export_command.build_parser, export_command.run),
     "compare": (compare_command.HELP, compare_command.build_parser, compare_command.run),
     "generate": (generate_command.HELP, generate_command.build_parser, generate_command.run),
+    "eval": (eval_command.HELP, eval_command.build_parser, eval_command.run),
 }
 
 
