@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 
 from embedkit.accounting import inference_flops_per_token, parameter_counts
 from embedkit.bench.timing import synchronize
-from embedkit.commands.recipe_args import build_connected, config_args
+from embedkit.commands.recipe_args import build_connected, config_args, pick_device
 from embedkit.interfaces import AuxiliaryLosses
 from embedkit.lm import LanguageModel
 
@@ -185,14 +185,6 @@ def _timed(
     return elapsed, peak, float(loss)
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device=cuda but no CUDA device is available; valid: auto or cpu")
-    return torch.device(name)
-
-
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -219,7 +211,7 @@ def run_train_bench(
         if value < low:
             raise ValueError(f"{field}={value} is invalid; valid: at least {low}")
     specs = parse_runs(runs)
-    target = _device(device)
+    target = pick_device(device)
     on_cuda = target.type == "cuda"
     if on_cuda:
         torch.backends.cuda.matmul.allow_tf32 = True

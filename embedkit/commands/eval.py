@@ -6,19 +6,26 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from typing import Literal
 
 from jsonargparse import ArgumentParser, Namespace
 
-from embedkit.commands.generate import GenerateParser, pick_device
-from embedkit.commands.recipe_args import add_config_argument, config_args, load_weights
+from embedkit.commands.recipe_args import (
+    RecipeCommandParser,
+    add_config_argument,
+    add_device_argument,
+    build_connected,
+    config_args,
+    load_weights,
+    pick_device,
+    require_checkpoint,
+)
 
 HELP = "Score a checkpoint on any text with the run's tokenizer: perplexity and bits per byte."
 
 
 def build_parser() -> ArgumentParser:
     """Arguments of ``embedkit eval``."""
-    parser = GenerateParser(
+    parser = RecipeCommandParser(
         prog="embedkit eval",
         description=HELP + " Recipe options (--model..., --data...) apply as in `embedkit "
         "validate`. The tokenizer is never trained: a BPE tokenizer must be in the cache.",
@@ -41,12 +48,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument(
         "--batch_size", type=int | None, default=None, help="Windows per batch (data.batch_size)."
     )
-    parser.add_argument(
-        "--device",
-        type=Literal["auto", "cpu", "cuda"],
-        default="auto",
-        help="Where to score (auto: CUDA when available).",
-    )
+    add_device_argument(parser, "Where to score")
     parser.add_argument(
         "--output", type=str | None, default=None, help="Also write the results to this JSON file."
     )
@@ -57,8 +59,7 @@ def run(args: Namespace) -> None:
     """Read and tokenize the text, load the model, score it, print (and write) the results."""
     from embedkit.evaluation import EvalResult, score, target_bytes, tokenize_documents
 
-    if not os.path.isfile(args.ckpt_path):
-        raise ValueError(f"--ckpt_path={args.ckpt_path!r} does not exist")
+    require_checkpoint(args.ckpt_path)
     for field in ("max_tokens", "batch_size"):
         value = getattr(args, field)
         if value is not None and value < 1:
@@ -67,7 +68,7 @@ def run(args: Namespace) -> None:
     device = pick_device(args.device)
     recipe = [*config_args(args.config), *args.recipe_overrides]
     require_cached_tokenizer(recipe)
-    model, data = build_model(recipe)
+    _, model, data = build_connected(recipe, prepare=False)  # shards only where parts need them
     ids_N = tokenize_documents(data.tokenizer, documents)
     if args.max_tokens is not None:
         ids_N = ids_N[: args.max_tokens + 1]
@@ -78,7 +79,7 @@ def run(args: Namespace) -> None:
         )
     load_weights(model, args.ckpt_path)
     # The per-position features the model's parts asked for (SCONE's f-gram ids), for this text.
-    features = {name: vocab.lookup(ids_N) for name, vocab in data._feature_vocabs.items()}
+    features = data.features_of(ids_N)
     nll, tokens = score(
         model.eval().to(device),
         ids_N,
@@ -117,18 +118,8 @@ def read_documents(path: str) -> list[str]:
 
 def require_cached_tokenizer(recipe: Sequence[str]) -> None:
     """Refuse a recipe whose BPE tokenizer is not in the cache: evaluating must not train one."""
-    from embedkit.data.datamodule import TextDataModule
-    from embedkit.data.text import split_fingerprint
-    from embedkit.data.tokenizers import BPETokenizer
-
-    data = _recipe_data(recipe)
-    tokenizer = data._tokenizer  # not yet prepared: the public property would train it
-    if not isinstance(tokenizer, BPETokenizer):
-        return
-    assert isinstance(data, TextDataModule)
-    fingerprint = split_fingerprint(data.corpus.fingerprint, val_fraction=data.val_fraction)
-    path = data.cache_dir / "tokenizers" / tokenizer.cache_key(fingerprint) / "tokenizer.json"
-    if not path.is_file():
+    path = _recipe_data(recipe).untrained_tokenizer_path()
+    if path is not None:
         raise ValueError(
             f"the recipe's BPE tokenizer is not in the cache ({path} is missing) and eval does "
             "not train one; run with the run's data.cache_dir, or give the run's tokenizer.json "
@@ -155,20 +146,6 @@ def _recipe_data(recipe: Sequence[str]):
     parser = LightningArgumentParser()
     parser.add_lightning_class_args(TextDataModule, "data", subclass_mode=False)
     return parser.instantiate_classes(Namespace(data=config.data)).data
-
-
-def build_model(recipe: Sequence[str]):
-    """The recipe's model, its parts connected to the data (as ``LanguageModel.setup`` does),
-    and the data module; the training shards are written only where a part needs them."""
-    from embedkit.cli import run_cli
-    from embedkit.interfaces import DataConnected
-
-    cli = run_cli(list(recipe), run=False)
-    model, data = cli.model, cli.datamodule
-    for part in model.decoder.modules():
-        if isinstance(part, DataConnected):
-            part.connect(data)
-    return model, data
 
 
 def print_table(report: dict) -> None:

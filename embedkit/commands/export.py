@@ -12,6 +12,7 @@ from embedkit.commands.recipe_args import (
     build_connected,
     config_args,
     load_weights,
+    require_checkpoint,
 )
 
 HELP = "Export a checkpoint's lookup tables (e.g. SCONE's f-gram table) to zarr, pinned or gpu."
@@ -40,6 +41,7 @@ def file_sha256(path: str) -> str:
 
 def run(args: Namespace) -> None:
     """Build the model from its recipe, load the checkpoint, export every part's tables."""
+    require_checkpoint(args.ckpt_path)
     _, model, _ = build_connected(config_args(args.config))
     load_weights(model, args.ckpt_path)
     model.eval()

@@ -3,61 +3,28 @@
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Sequence
-from typing import Literal
 
 import torch
 from jsonargparse import ArgumentParser, Namespace
 
 from embedkit.commands.recipe_args import (
+    RecipeCommandParser,
     add_config_argument,
+    add_device_argument,
     build_connected,
     config_args,
     load_weights,
+    pick_device,
+    require_checkpoint,
 )
 
 HELP = "Continue prompts with a trained checkpoint (KV cache; greedy, temperature, top-k, top-p)."
-# Options of the recipe itself (``--model.decoder.init_args.tables DIR``, ``--data...``), passed
-# on to the recipe's parser as ``embedkit validate`` takes them.
-RECIPE_OPTIONS = ("--model", "--data")
-
-
-class GenerateParser(ArgumentParser):
-    """The command's own arguments; recipe options (``--model...``, ``--data...``) are set apart
-    into ``recipe_overrides``."""
-
-    def parse_args(self, args: Sequence[str] | None = None, *rest, **kwargs) -> Namespace:
-        own, overrides = split_recipe_options(sys.argv[1:] if args is None else args)
-        namespace = super().parse_args(own, *rest, **kwargs)
-        namespace.recipe_overrides = overrides
-        return namespace
-
-
-def split_recipe_options(args: Sequence[str]) -> tuple[list[str], list[str]]:
-    """``args`` apart into the command's own and the recipe's (``--model.x=v`` or
-    ``--model.x v``)."""
-    own, recipe = [], []
-    index = 0
-    while index < len(args):
-        arg = args[index]
-        name = arg.split("=", 1)[0]
-        if not name.startswith(tuple(f"{option}." for option in RECIPE_OPTIONS)) and (
-            name not in RECIPE_OPTIONS
-        ):
-            own.append(arg)
-        elif "=" in arg or index + 1 == len(args):
-            recipe.append(arg)
-        else:
-            recipe += [arg, args[index + 1]]
-            index += 1
-        index += 1
-    return own, recipe
 
 
 def build_parser() -> ArgumentParser:
     """Arguments of ``embedkit generate``."""
-    parser = GenerateParser(
+    parser = RecipeCommandParser(
         prog="embedkit generate",
         description=HELP + " Recipe options (--model..., --data...) apply as in `embedkit "
         "validate`, e.g. --model.decoder.init_args.tables DIR and storage overlays.",
@@ -91,12 +58,7 @@ def build_parser() -> ArgumentParser:
         help="Draw among the most likely tokens up to this probability mass (0 < p <= 1).",
     )
     parser.add_argument("--seed", type=int, default=0, help="Seed of the sampler.")
-    parser.add_argument(
-        "--device",
-        type=Literal["auto", "cpu", "cuda"],
-        default="auto",
-        help="Where to decode (auto: CUDA when available).",
-    )
+    add_device_argument(parser, "Where to decode")
     parser.add_argument(
         "--no_stream",
         action="store_true",
@@ -121,15 +83,6 @@ def read_prompts(args: Namespace) -> list[str]:
     return prompts
 
 
-def pick_device(name: str) -> torch.device:
-    """``--device``: auto is CUDA when available."""
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device=cuda, but no CUDA device is available; valid: auto, cpu")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
-
-
 def load_model(configs: Sequence[str], overrides: Sequence[str], ckpt_path: str):
     """The recipe's model with the checkpoint's weights, connected to its data, in eval mode;
     and the data module (whose tokenizer is the run's)."""
@@ -142,8 +95,7 @@ def run(args: Namespace) -> None:
     """Load the model, encode the prompts, decode, and print the text."""
     from embedkit.generation import Sampler, TextStream, generate
 
-    if not os.path.isfile(args.ckpt_path):
-        raise ValueError(f"--ckpt_path={args.ckpt_path!r} does not exist")
+    require_checkpoint(args.ckpt_path)
     prompts = read_prompts(args)
     sampler = Sampler(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
     device = pick_device(args.device)

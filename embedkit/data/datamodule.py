@@ -110,6 +110,15 @@ class TextDataModule(L.LightningDataModule):
             self._tokenizer_ready = True
         return self._tokenizer
 
+    def untrained_tokenizer_path(self) -> Path | None:
+        """Where the tokenizer would be trained and cached, when it is not there yet (a BPE
+        tokenizer of this corpus not trained before); None when it needs no training."""
+        if self._tokenizer_ready or not isinstance(self._tokenizer, BPETokenizer):
+            return None
+        fingerprint = split_fingerprint(self.corpus.fingerprint, val_fraction=self.val_fraction)
+        path = self._tokenizer.cache_path(fingerprint, self.cache_dir)
+        return None if path.is_file() else path
+
     @property
     def vocab_size(self) -> int:
         """Number of token ids of the tokenizer (prepares it); the model's vocabulary size."""
@@ -159,6 +168,10 @@ class TextDataModule(L.LightningDataModule):
         (tagged once per split and stored beside the shards). Called by the model's parts
         through ``LanguageModel.setup``, before the data loaders are built."""
         self._feature_vocabs[name] = vocab
+
+    def features_of(self, tokens_N: np.ndarray) -> dict[str, np.ndarray]:
+        """The features ``add_feature`` asked for, of any token ids (e.g. another text)."""
+        return {name: vocab.lookup(tokens_N) for name, vocab in self._feature_vocabs.items()}
 
     def features(self, split: str) -> dict[str, np.ndarray]:
         """The per-token features of ``split`` ("train" or "val"), tagging them if needed."""

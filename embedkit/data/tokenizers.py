@@ -152,6 +152,12 @@ class BPETokenizer(Tokenizer):
             }
         )
 
+    def cache_path(self, corpus_fingerprint: str, cache_dir: Path) -> Path:
+        """The ``tokenizer.json`` of this tokenizer trained on that corpus, under ``cache_dir``."""
+        return (
+            Path(cache_dir) / "tokenizers" / self.cache_key(corpus_fingerprint) / "tokenizer.json"
+        )
+
     def prepare(
         self,
         *,
@@ -162,7 +168,7 @@ class BPETokenizer(Tokenizer):
         key = self.cache_key(corpus_fingerprint)
         if key == self._key:
             return
-        path = Path(cache_dir) / "tokenizers" / key / "tokenizer.json"
+        path = self.cache_path(corpus_fingerprint, cache_dir)
         if not path.exists():
             trained = train_byte_level_bpe(
                 train_documents(),
