@@ -202,14 +202,13 @@ class L3Layer(ExportedTables, Sublayer):
             raise RuntimeError("L3Layer is used before connect(datamodule) loaded its allocation")
         if not self._tables_checked:
             self._check_table_source()
-        hidden_PD = hidden_BLD.reshape(-1, self.dim)
         dtype = compute_dtype(hidden_BLD)
-        scale = 1 / math.sqrt(self.dim)
         if self._use_kernels(hidden_BLD.device):
             return self._kernel_path(
                 hidden_BLD, ids_BL, dtype, training=self.training, device=hidden_BLD.device
             )
-        plan = self._plan(ids_BL, "buckets", plan_lookup, max_rows=self._max_rows)
+        hidden_PD = hidden_BLD.reshape(-1, self.dim)
+        plan = self._bucket_plan(ids_BL)
         keys_MD = self._pool(self.key_table, plan.pool_rows_M, hidden_BLD.device, dtype)
         values_ME = (
             keys_MD
@@ -217,7 +216,7 @@ class L3Layer(ExportedTables, Sublayer):
             else self._pool(self.value_table, plan.pool_rows_M, hidden_BLD.device, dtype)
         )
         looked_PE = token_attention(
-            self.query_norm(hidden_PD), plan, keys_MD, values_ME, scale=scale
+            self.query_norm(hidden_PD), plan, keys_MD, values_ME, scale=1 / math.sqrt(self.dim)
         )
         return self._mix(looked_PE, hidden_PD).view_as(hidden_BLD) + hidden_BLD
 
@@ -269,16 +268,17 @@ class L3Layer(ExportedTables, Sublayer):
             )
         return False
 
-    def _plan(self, ids_BL: torch.Tensor, kind: str, build, **options):
-        """The ``kind`` plan of ``ids_BL`` made by ``build``; layers with the same allocation
-        share it within one forward (the decoder hands every sublayer the same ids tensor)."""
+    def _bucket_plan(self, ids_BL: torch.Tensor):
+        """The bucket plan of ``ids_BL``; layers with the same allocation share it within one
+        forward (the decoder hands every sublayer the same ids tensor). The Triton path makes
+        its plan inside its compiled graph instead."""
         if ids_BL.is_inference():  # no version counter: in-place changes would go unseen
-            return build(ids_BL.reshape(-1), self.offsets_V1, **options)
-        key = (kind, self.allocation.content_hash, ids_BL._version)
+            return plan_lookup(ids_BL.reshape(-1), self.offsets_V1, max_rows=self._max_rows)
+        key = (self.allocation.content_hash, ids_BL._version)
         for ids_ref, ids_key, plan in _RECENT_PLANS:
             if ids_ref() is ids_BL and ids_key == key:
                 return plan
-        plan = build(ids_BL.reshape(-1), self.offsets_V1, **options)
+        plan = plan_lookup(ids_BL.reshape(-1), self.offsets_V1, max_rows=self._max_rows)
         _RECENT_PLANS.append((weakref.ref(ids_BL), key, plan))
         return plan
 
