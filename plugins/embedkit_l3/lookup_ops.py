@@ -25,7 +25,7 @@ def _launch_options(keys_RD: torch.Tensor, values: torch.Tensor, rows_per_block:
     wide = max(keys_RD.shape[1], values.shape[1]) > 512
     return dict(
         D=keys_RD.shape[1], E=values.shape[1], BM=TILE_POSITIONS, BN=rows_per_block,
-        TIED=values is keys_RD, num_warps=4, num_stages=1 if wide else 3,
+        TIED=values is keys_RD, num_warps=4, num_stages=1 if wide else 2,
     )  # fmt: skip
 
 
