@@ -6,10 +6,14 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
+import lightning as L
 import torch
 from jsonargparse import ArgumentParser
+from lightning.fabric.loggers.tensorboard import _TENSORBOARD_AVAILABLE, _TENSORBOARDX_AVAILABLE
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 
 from embedkit.callbacks import FitSummary
 from embedkit.cli_errors import explain
@@ -54,6 +58,16 @@ def default_precision() -> str:
     return "32-true"
 
 
+def default_loggers(root_dir: str | None) -> list[Logger]:
+    """A CSV logger, plus a TensorBoard logger writing to the same ``version_N`` directory
+    when ``tensorboard`` (or ``tensorboardX``) is installed."""
+    root = root_dir or os.getcwd()
+    csv = CSVLogger(root)
+    if not (_TENSORBOARD_AVAILABLE or _TENSORBOARDX_AVAILABLE):
+        return [csv]
+    return [csv, TensorBoardLogger(root, version=csv.version, default_hp_metric=False)]
+
+
 class EmbedkitCLI(LightningCLI):
     """LightningCLI over ``LanguageModel`` and ``TextDataModule`` with run-time links."""
 
@@ -61,6 +75,14 @@ class EmbedkitCLI(LightningCLI):
         parser.link_arguments(
             "data.vocab_size", "model.decoder.init_args.vocab_size", apply_on="instantiate"
         )
+
+    def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
+        """The trainer, logging to CSV (``metrics.csv``) and, when TensorBoard is installed,
+        also to TensorBoard, in one run directory, unless the recipe names its own logger."""
+        trainer = self._get(self.config_init, "trainer", default={})
+        if trainer.get("logger") in (None, True):
+            kwargs.setdefault("logger", default_loggers(trainer.get("default_root_dir")))
+        return super().instantiate_trainer(**kwargs)
 
     def _parse_ckpt_path(self) -> None:
         """Keep the recipe's configuration when a checkpoint is given.

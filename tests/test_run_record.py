@@ -66,6 +66,14 @@ def test_run_dir_holds_config_summary_metrics_and_checkpoints(run_dir):
     assert {"config.yaml", "summary.json", "metrics.csv", "hparams.yaml"} <= names
     assert any(name.startswith("checkpoints/") and name.endswith(".ckpt") for name in names)
     assert not [name for name in names if name.endswith(".tmp")], names
+    # TensorBoard (tensorboardX, a dev dependency) logs beside the CSV, in the same directory.
+    assert any(name.startswith("events.out.tfevents") for name in names), names
+
+
+def test_a_recipe_logger_replaces_the_default_ones(tmp_path):
+    tiny_fit(tmp_path / "run", "--trainer.logger=false")
+    assert (tmp_path / "run" / "summary.json").is_file()  # no logger: the root directory
+    assert not list((tmp_path / "run").rglob("metrics.csv"))
 
 
 def test_summary_describes_the_run(run_dir):
