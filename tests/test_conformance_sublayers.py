@@ -20,7 +20,7 @@ from embedkit import registry
 from embedkit.backends.gpu import GPUBackend
 from embedkit.data.datamodule import TextDataModule
 from embedkit.data.tokenizers import ByteTokenizer
-from embedkit.interfaces import DataConnected, Sublayer
+from embedkit.interfaces import DataConnected, PlannedLookups, Sublayer
 
 VOCAB, DIM = 256, 32
 
@@ -126,3 +126,18 @@ def test_checkpoint_round_trips(make):
     second.load_state_dict(first.state_dict())
     hidden_BLD, ids_BL = _inputs(2)
     torch.testing.assert_close(second(hidden_BLD, ids_BL), first(hidden_BLD, ids_BL))
+
+
+@torch.no_grad()
+def test_planned_lookups_equal_the_plain_forward(make):
+    """A sublayer with static routing (``PlannedLookups``) gives, from the rows it planned for
+    some ids, what its plain forward gives for them (decoding relies on it)."""
+    sublayer = make().eval()
+    if not isinstance(sublayer, PlannedLookups):
+        return  # reads nothing ahead: decoding runs its plain forward
+    hidden_BLD, ids_BL = _inputs(3)
+    planned = sublayer.plan_lookups(ids_BL, torch.full((2, 0), -1))
+    assert planned is not None  # the CPU has no fused path: its tables' rows are fetched
+    torch.testing.assert_close(
+        sublayer.forward_planned(hidden_BLD, planned), sublayer(hidden_BLD, ids_BL)
+    )

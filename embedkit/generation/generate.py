@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from embedkit.generation.lookup_plan import plan_lookups
 from embedkit.generation.sampling import Sampler
 
 if TYPE_CHECKING:
@@ -56,6 +57,7 @@ def generate(
     stop_id: int | None = None,
     generator: torch.Generator | None = None,
     on_tokens: TokensCallback | None = None,
+    prefetch: bool = True,
 ) -> list[list[int]]:
     """The new tokens of every prompt (the stop id excluded).
 
@@ -68,6 +70,10 @@ def generate(
         generator: Random numbers of the sampler, on the decoder's device (seeded).
         on_tokens: Called after every step with each row's new token (``None`` for rows that
             have ended), e.g. to stream text.
+        prefetch: Plan the lookups: as soon as the next tokens are known, parts with static
+            routing start fetching their table rows (side stream or reader thread), hidden
+            behind the layers before their first use (``lookup_plan``). ``False``: each part
+            reads its rows when it runs (to measure what planning buys).
     """
     check_lengths(prompts, max_new_tokens=max_new_tokens, max_seq_len=decoder.max_seq_len)
     device = decoder.token_embedding.weight.device
@@ -76,7 +82,10 @@ def generate(
     for row, prompt in enumerate(prompts):
         ids_BT[row, : len(prompt)] = torch.as_tensor(prompt, dtype=torch.long)
     cache = decoder.new_cache(batch_size=len(prompts), max_len=max(lengths) + max_new_tokens)
-    hidden_BTD = decoder.decode(ids_BT.to(device), cache, lengths=lengths)
+    history = [[] for _ in prompts]  # each row's ids before the new ones (host), for planning
+    plan = plan_lookups(decoder, ids_BT, history) if prefetch else None
+    hidden_BTD = decoder.decode(ids_BT.to(device), cache, lengths=lengths, plan=plan)
+    history = [list(prompt) for prompt in prompts]
     last_B = torch.as_tensor(lengths, device=device) - 1
     hidden_BD = hidden_BTD[torch.arange(len(prompts), device=device), last_B]
     completions: list[list[int]] = [[] for _ in prompts]
@@ -84,6 +93,7 @@ def generate(
     for step in range(max_new_tokens):
         next_B = sampler(decoder.logits(hidden_BD), generator)
         tokens = next_B.tolist()  # the step's one host sync: to stream the text and to stop
+        next_ids_B1 = torch.as_tensor(tokens, dtype=torch.long)[:, None]
         for row, token in enumerate(tokens):
             ended[row] = ended[row] or token == stop_id
             if ended[row]:
@@ -94,7 +104,10 @@ def generate(
             on_tokens(tokens)
         if all(ended) or step + 1 == max_new_tokens:
             break
-        # The next tokens are known here, before the forward that reads them: the place where
-        # planned lookups would start (prefetching their table rows from off-device tiers).
-        hidden_BD = decoder.decode(next_B[:, None], cache)[:, 0]
+        # The next tokens are known here, before the forward that reads them: their rows
+        # start moving now, while the layers before their first use run.
+        plan = plan_lookups(decoder, next_ids_B1, history) if prefetch else None
+        hidden_BD = decoder.decode(next_B[:, None], cache, plan=plan)[:, 0]
+        for row, token in enumerate(next_ids_B1[:, 0].tolist()):
+            history[row].append(token)
     return completions

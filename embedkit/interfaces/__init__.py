@@ -5,6 +5,7 @@ from embedkit.interfaces.backend import EmbeddingBackend, RowsHandle, TableFacto
 from embedkit.interfaces.data_connected import DataConnected
 from embedkit.interfaces.feed_forward import FeedForward
 from embedkit.interfaces.input_embedding import InputEmbedding
+from embedkit.interfaces.planned_lookups import PlannedLookups
 from embedkit.interfaces.router import Router, Routes
 from embedkit.interfaces.sublayer import Sublayer
 from embedkit.interfaces.vocab import VocabExtension
@@ -15,6 +16,7 @@ __all__ = [
     "EmbeddingBackend",
     "FeedForward",
     "InputEmbedding",
+    "PlannedLookups",
     "Router",
     "Routes",
     "RowsHandle",

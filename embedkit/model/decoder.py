@@ -14,6 +14,7 @@ from torch import nn
 
 from embedkit.backends.gpu import GPUBackend
 from embedkit.generation.kv_cache import KVCache
+from embedkit.generation.lookup_plan import INPUT_EMBEDDING, LookupPlan
 from embedkit.interfaces import FeedForward, InputEmbedding, Sublayer, TableFactory
 from embedkit.model.attention import CausalSelfAttention
 
@@ -199,7 +200,12 @@ class Decoder(nn.Module):
         )
 
     def decode(
-        self, ids_BT: torch.Tensor, cache: KVCache, *, lengths: Sequence[int] | None = None
+        self,
+        ids_BT: torch.Tensor,
+        cache: KVCache,
+        *,
+        lengths: Sequence[int] | None = None,
+        plan: LookupPlan | None = None,
     ) -> torch.Tensor:
         """Final hidden states [B, T, D] of tokens ``ids_BT`` that continue the rows held in
         ``cache`` (empty: a prompt's prefill), whose keys, values and ids are written into it.
@@ -214,6 +220,9 @@ class Decoder(nn.Module):
             lengths: Tokens of each row among the T (prompts of different lengths); ``None``:
                 all T. A padding position's keys are never read by its row and are
                 overwritten by the row's next token.
+            plan: Rows that parts with static routing started fetching for these ids
+                (``embedkit.generation.lookup_plan.plan_lookups``); they run
+                ``forward_planned`` with them. ``None``: every part reads its rows itself.
         """
         T = ids_BT.shape[1]
         positions_BT = cache.positions(T)
@@ -223,7 +232,10 @@ class Decoder(nn.Module):
             keys_S = torch.arange(end, device=ids_BT.device)
             mask_B1TS = (keys_S <= positions_BT[:, :, None]).unsqueeze(1)
         hidden_BTD = self.token_embedding(ids_BT)
-        if self.input_embedding is not None:
+        planned_input = plan.of(INPUT_EMBEDDING) if plan is not None else None
+        if planned_input is not None:
+            hidden_BTD = self.input_embedding.forward_planned(hidden_BTD, planned_input)
+        elif self.input_embedding is not None:
             # Per position, from its own id and (SCONE) the ids before it: run the window of
             # preceding ids the part reads along with the new ones, keep the new positions.
             num_preceding = getattr(self.input_embedding, "num_preceding_ids", 0)
@@ -237,7 +249,12 @@ class Decoder(nn.Module):
         cache.write_ids(positions_BT, ids_BT)
         for index, layer in enumerate(self.layers):
             if str(index) in self.sublayers:  # per position: L³ reads the new ids only
-                hidden_BTD = self.sublayers[str(index)](hidden_BTD, ids_BT)
+                sublayer = self.sublayers[str(index)]
+                planned = plan.of(str(index)) if plan is not None else None
+                if planned is not None:
+                    hidden_BTD = sublayer.forward_planned(hidden_BTD, planned)
+                else:
+                    hidden_BTD = sublayer(hidden_BTD, ids_BT)
             hidden_BTD = layer.decode(
                 hidden_BTD, cache.layer(index), positions_BT, mask_B1TS, end=end
             )

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from embedkit.interfaces import EmbeddingBackend
+from embedkit.interfaces import EmbeddingBackend, RowsHandle
 
 WEIGHT_KEY = "backend.weight"
 BLOCK_ROWS = 1 << 16
@@ -40,6 +40,10 @@ class TableSlot(nn.Module):
     def gather(self, rows_N: torch.Tensor) -> torch.Tensor:
         """Rows ``rows_N`` of the table as [N, D] on the backend's device."""
         return self.backend.gather(rows_N)
+
+    def prefetch(self, rows_N: torch.Tensor) -> RowsHandle:
+        """Start gathering rows ``rows_N``; the handle's ``wait()`` gives them as ``gather``."""
+        return self.backend.prefetch(rows_N)
 
     def _frozen(self) -> bool:
         return not isinstance(self.backend, nn.Module)

@@ -35,6 +35,7 @@ from embedkit.dtypes import compute_dtype
 from embedkit.interfaces import Sublayer, TableFactory
 from embedkit.model.table_slot import TableSlot
 from embedkit_l3.allocation import LZWAllocation, load_matching_allocation
+from embedkit_l3.layer_planning import PlannedTables
 from embedkit_l3.layer_tables import ExportedTables
 from embedkit_l3.token_attention import plan_lookup, token_attention
 
@@ -43,7 +44,7 @@ from embedkit_l3.token_attention import plan_lookup, token_attention
 _RECENT_PLANS: collections.deque = collections.deque(maxlen=4)
 
 
-class L3Layer(ExportedTables, Sublayer):
+class L3Layer(ExportedTables, PlannedTables, Sublayer):
     """L³: each position attends over its own token's rows of large tables; static routing, so
     the rows can live off the accelerator and be fetched ahead of use."""
 
@@ -207,7 +208,6 @@ class L3Layer(ExportedTables, Sublayer):
             return self._kernel_path(
                 hidden_BLD, ids_BL, dtype, training=self.training, device=hidden_BLD.device
             )
-        hidden_PD = hidden_BLD.reshape(-1, self.dim)
         plan = self._bucket_plan(ids_BL)
         keys_MD = self._pool(self.key_table, plan.pool_rows_M, hidden_BLD.device, dtype)
         values_ME = (
@@ -215,6 +215,11 @@ class L3Layer(ExportedTables, Sublayer):
             if self.tie_kv
             else self._pool(self.value_table, plan.pool_rows_M, hidden_BLD.device, dtype)
         )
+        return self._attend(hidden_BLD, plan, keys_MD, values_ME)
+
+    def _attend(self, hidden_BLD, plan, keys_MD: torch.Tensor, values_ME: torch.Tensor):
+        """The layer over pooled rows ``keys_MD``/``values_ME`` of bucket plan ``plan``."""
+        hidden_PD = hidden_BLD.reshape(-1, self.dim)
         looked_PE = token_attention(
             self.query_norm(hidden_PD), plan, keys_MD, values_ME, scale=1 / math.sqrt(self.dim)
         )

@@ -16,12 +16,13 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
-from embedkit.interfaces import InputEmbedding, TableFactory
+from embedkit.interfaces import InputEmbedding, RowsHandle, TableFactory
 from embedkit.model.decoder import FeedForwardFactory
 from embedkit_dense.swiglu import SwiGLU
 from embedkit_scone.fgram_model import FGramModel
@@ -34,6 +35,14 @@ FEATURE = "fgram_ids"
 def token_embedding_hash(weight_VD: torch.Tensor) -> str:
     """SHA-256 of token embeddings (fp32): an exported table is valid only with these."""
     return hashlib.sha256(weight_VD.detach().float().cpu().contiguous().numpy()).hexdigest()
+
+
+@dataclass(frozen=True)
+class PlannedFGrams:
+    """Which new positions match an f-gram (host), and their table rows in flight."""
+
+    matched_BT: torch.Tensor
+    rows: RowsHandle
 
 
 class SconeEmbedding(InputEmbedding):
@@ -193,6 +202,26 @@ class SconeEmbedding(InputEmbedding):
         replaced_BLD = embedded_BLD.clone()
         replaced_BLD[matched_BL] = rows_MD.to(embedded_BLD.dtype)
         return replaced_BLD
+
+    def plan_lookups(self, ids_BT: torch.Tensor, preceding_BW: torch.Tensor):
+        """Start fetching the exported table's row of every new position (its longest f-gram
+        over the preceding ids and its own, found on the host); ``None`` without a table (the
+        f-gram model computes the embeddings) and before the first plain forward after
+        loading, which checks the table against the token embeddings."""
+        if self._table is None or not self._table_checked:
+            return None
+        if not hasattr(self, "tokens_SK"):
+            raise RuntimeError("SconeEmbedding is used before connect(datamodule) loaded its vocab")
+        window_BWT = torch.cat((preceding_BW, ids_BT), dim=1).cpu()
+        fgrams_BT = self.vocab.lookup_torch(window_BWT)[:, preceding_BW.shape[1] :]
+        rows = self._table.prefetch(fgrams_BT.clamp_min(0).reshape(-1))
+        return PlannedFGrams(fgrams_BT >= 0, rows)
+
+    def forward_planned(self, embedded_BTD: torch.Tensor, planned: PlannedFGrams) -> torch.Tensor:
+        """The input vectors of the positions ``planned`` was made for, from their rows."""
+        matched_BT = planned.matched_BT.to(embedded_BTD.device, non_blocking=True)
+        rows_BTD = planned.rows.wait().to(embedded_BTD.device, embedded_BTD.dtype)
+        return torch.where(matched_BT.unsqueeze(-1), rows_BTD.view_as(embedded_BTD), embedded_BTD)
 
     def _load_from_state_dict(
         self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs

@@ -1,0 +1,170 @@
+"""Planned lookups: SCONE and L³ models whose tables sit on the pinned or Zarr tier decode the
+same logits when their rows are fetched ahead (``plan_lookups``) as when each part reads them
+itself, and the planned path reads its rows only through the prefetched handles.
+
+Legend: B = batch rows, T = new positions, W = preceding ids.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+import pytest
+import torch
+
+from embedkit.backends.pinned import PinnedCPUBackend
+from embedkit.backends.zarr_store import ZarrBackend
+from embedkit.data.datamodule import TextDataModule
+from embedkit.data.tokenizers import ByteTokenizer
+from embedkit.generation import Sampler, generate
+from embedkit.generation.lookup_plan import INPUT_EMBEDDING, plan_lookups, preceding_ids
+from embedkit.model.decoder import Decoder
+from embedkit_dense.swiglu import SwiGLU
+from embedkit_l3.allocation import LZWAllocation
+from embedkit_l3.layer import L3Layer
+from embedkit_scone.embedding import SconeEmbedding
+from embedkit_scone.vocab import FGramVocab
+from tests.test_generate import PROMPT_LENGTHS, STEPS, _randomized, _sequences
+
+TIERS = {"pinned": PinnedCPUBackend, "zarr": ZarrBackend}
+
+
+@pytest.fixture(scope="module")
+def text(tmp_path_factory: pytest.TempPathFactory) -> TextDataModule:
+    text = TextDataModule(
+        tokenizer=ByteTokenizer(), cache_dir=str(tmp_path_factory.mktemp("planned")), seq_len=32
+    )
+    text.prepare_data()
+    text.setup("fit")
+    return text
+
+
+def _decoder(kind: str, workspace: Path, text: TextDataModule, **tables) -> Decoder:
+    """A SCONE or L³ decoder (the same weights for the same arguments), connected."""
+    torch.manual_seed(0)
+    if kind == "scone":
+        vocab = FGramVocab(max_n=4, min_count=3, num_entries=500)
+        parts = {
+            "input_embedding": partial(
+                SconeEmbedding, vocab=vocab, vocab_path=str(workspace / "v.npz")
+            )
+        }
+    else:
+        allocation = LZWAllocation(num_rows=2048, max_rows_per_token=64)
+        l3 = partial(
+            L3Layer, before_layer=2, allocation=allocation,
+            allocation_path=str(workspace / "a.npz"), d_up=48, tie_kv=False, d_emb=24,
+        )  # fmt: skip
+        parts = {"sublayers": [l3]}
+    decoder = Decoder(
+        vocab_size=256, dim=32, num_layers=3, num_heads=4, max_seq_len=64,
+        feed_forward=SwiGLU, **parts, **tables,
+    )  # fmt: skip
+    for part in (decoder.input_embedding, *decoder.sublayers.values()):
+        if part is not None:
+            part.connect(text)
+    return decoder
+
+
+def _reader(kind: str, tier: str, workspace: Path, text: TextDataModule) -> Decoder:
+    """A model that reads its tables from an export on ``tier``, with trained weights."""
+    trained = _randomized(_decoder(kind, workspace, text))
+    out = workspace / f"{kind}-{tier}"
+    for part in (trained.input_embedding, *trained.sublayers.values()):
+        if part is not None:
+            part.export_tables(
+                str(out), to=tier, token_embedding=trained.token_embedding, producer={}
+            )
+    reader = _decoder(kind, workspace, text, table_backend=TIERS[tier], tables=str(out))
+    reader.load_state_dict(trained.state_dict(), strict=False)
+    return reader.eval()
+
+
+def _logits(decoder: Decoder, rows: list[torch.Tensor], *, planned: bool) -> list[torch.Tensor]:
+    """Logits of every row: prompts prefilled in one batch, then ``STEPS`` tokens at a time,
+    with or without planned lookups."""
+    cache = decoder.new_cache(batch_size=len(rows), max_len=max(map(len, rows)) + 4)
+    prompts_BT = torch.zeros(len(rows), max(PROMPT_LENGTHS), dtype=torch.long)
+    for row, length in enumerate(PROMPT_LENGTHS):
+        prompts_BT[row, :length] = rows[row][:length]
+    history = [[] for _ in rows]
+    plan = plan_lookups(decoder, prompts_BT, history) if planned else None
+    hidden_BTD = decoder.decode(prompts_BT, cache, lengths=PROMPT_LENGTHS, plan=plan)
+    logits = [[decoder.logits(hidden_BTD[r, :n])] for r, n in enumerate(PROMPT_LENGTHS)]
+    history = [rows[r][:n].tolist() for r, n in enumerate(PROMPT_LENGTHS)]
+    done = 0
+    for step in STEPS:
+        ids_BT = torch.stack(
+            [rows[r][n + done : n + done + step] for r, n in enumerate(PROMPT_LENGTHS)]
+        )
+        plan = plan_lookups(decoder, ids_BT, history) if planned else None
+        if planned:
+            assert plan is not None
+        logits_BTV = decoder.logits(decoder.decode(ids_BT, cache, plan=plan))
+        for row in range(len(rows)):
+            logits[row].append(logits_BTV[row])
+            history[row] += ids_BT[row].tolist()
+        done += step
+    return [torch.cat(parts) for parts in logits]
+
+
+def _tables(decoder: Decoder) -> list:
+    if decoder.input_embedding is not None:
+        return [decoder.input_embedding._table]
+    layer = decoder.sublayers["2"]
+    return [layer.key_table, layer.value_table]
+
+
+@pytest.mark.parametrize("tier", ["pinned", "zarr"])
+@pytest.mark.parametrize("kind", ["scone", "l3"])
+@torch.no_grad()
+def test_planned_decoding_equals_unplanned_and_reads_only_prefetched_rows(
+    kind,
+    tier,
+    text,
+    tmp_path,
+    monkeypatch,
+):
+    decoder = _reader(kind, tier, tmp_path, text)
+    rows = _sequences(text, sum(STEPS))
+    unplanned = _logits(decoder, rows, planned=False)  # also checks the tables' source once
+    for table in _tables(decoder):  # the planned path must not gather by itself
+        monkeypatch.setattr(table, "gather", lambda rows_N: pytest.fail("gathered unplanned"))
+    planned = _logits(decoder, rows, planned=True)
+    for fast, slow in zip(planned, unplanned, strict=True):
+        torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["scone", "l3"])
+def test_generation_with_and_without_prefetch_agree(kind, text, tmp_path):
+    decoder = _reader(kind, "pinned", tmp_path, text)
+    prompts = [row[:n].tolist() for row, n in zip(_sequences(text, 0), PROMPT_LENGTHS, strict=True)]
+    runs = [
+        generate(decoder, prompts, max_new_tokens=6, sampler=Sampler(temperature=0), prefetch=p)
+        for p in (False, True, False)
+    ]
+    assert runs[0] == runs[1] == runs[2]
+
+
+@torch.no_grad()
+def test_parts_plan_only_rows_they_fetch(text, tmp_path):
+    dense = Decoder(vocab_size=256, dim=32, num_layers=2, num_heads=4, feed_forward=SwiGLU)
+    ids_BT = torch.tensor([[5, 6]])
+    assert plan_lookups(dense, ids_BT, [[]]) is None
+    training = _decoder("scone", tmp_path, text)  # the f-gram model computes: nothing to fetch
+    assert plan_lookups(training, ids_BT, [[]]) is None
+    reader = _reader("scone", "pinned", tmp_path, text)
+    assert plan_lookups(reader, ids_BT, [[]]) is None  # until a forward checked the table
+    reader(ids_BT)
+    plan = plan_lookups(reader, ids_BT, [[1, 2, 3]])
+    assert plan is not None and plan.of(INPUT_EMBEDDING) is not None
+
+
+def test_preceding_ids_pad_on_the_left():
+    assert preceding_ids([[], [7], [1, 2, 3, 4]], 3).tolist() == [
+        [-1, -1, -1],
+        [-1, -1, 7],
+        [2, 3, 4],
+    ]
+    assert preceding_ids([[1, 2]], 0).shape == (1, 0)
