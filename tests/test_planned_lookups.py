@@ -25,7 +25,14 @@ from embedkit_l3.allocation import LZWAllocation
 from embedkit_l3.layer import L3Layer
 from embedkit_scone.embedding import SconeEmbedding
 from embedkit_scone.vocab import FGramVocab
-from tests.test_generate import PROMPT_LENGTHS, STEPS, _randomized, _sequences
+from tests.test_generate import (
+    CLOSE,
+    PROMPT_LENGTHS,
+    STEPS,
+    _randomized,
+    _sequences,
+    full_fp32_matmuls,
+)
 
 TIERS = {"pinned": PinnedCPUBackend, "zarr": ZarrBackend}
 
@@ -81,7 +88,9 @@ def _reader(kind: str, tier: str, workspace: Path, text: TextDataModule) -> Deco
     return reader.eval()
 
 
-def _logits(decoder: Decoder, rows: list[torch.Tensor], *, planned: bool) -> list[torch.Tensor]:
+def _logits(
+    decoder: Decoder, rows: list[torch.Tensor], *, planned: bool, device: str = "cpu"
+) -> list[torch.Tensor]:
     """Logits of every row: prompts prefilled in one batch, then ``STEPS`` tokens at a time,
     with or without planned lookups."""
     cache = decoder.new_cache(batch_size=len(rows), max_len=max(map(len, rows)) + 4)
@@ -90,7 +99,7 @@ def _logits(decoder: Decoder, rows: list[torch.Tensor], *, planned: bool) -> lis
         prompts_BT[row, :length] = rows[row][:length]
     history = [[] for _ in rows]
     plan = plan_lookups(decoder, prompts_BT, history) if planned else None
-    hidden_BTD = decoder.decode(prompts_BT, cache, lengths=PROMPT_LENGTHS, plan=plan)
+    hidden_BTD = decoder.decode(prompts_BT.to(device), cache, lengths=PROMPT_LENGTHS, plan=plan)
     logits = [[decoder.logits(hidden_BTD[r, :n])] for r, n in enumerate(PROMPT_LENGTHS)]
     history = [rows[r][:n].tolist() for r, n in enumerate(PROMPT_LENGTHS)]
     done = 0
@@ -101,7 +110,7 @@ def _logits(decoder: Decoder, rows: list[torch.Tensor], *, planned: bool) -> lis
         plan = plan_lookups(decoder, ids_BT, history) if planned else None
         if planned:
             assert plan is not None
-        logits_BTV = decoder.logits(decoder.decode(ids_BT, cache, plan=plan))
+        logits_BTV = decoder.logits(decoder.decode(ids_BT.to(device), cache, plan=plan))
         for row in range(len(rows)):
             logits[row].append(logits_BTV[row])
             history[row] += ids_BT[row].tolist()
@@ -116,24 +125,27 @@ def _tables(decoder: Decoder) -> list:
     return [layer.key_table, layer.value_table]
 
 
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=cuda)])
 @pytest.mark.parametrize("tier", ["pinned", "zarr"])
 @pytest.mark.parametrize("kind", ["scone", "l3"])
 @torch.no_grad()
 def test_planned_decoding_equals_unplanned_and_reads_only_prefetched_rows(
-    kind,
-    tier,
-    text,
-    tmp_path,
-    monkeypatch,
+    kind, tier, device, text, tmp_path, monkeypatch
 ):
-    decoder = _reader(kind, tier, tmp_path, text)
+    """On CUDA, L³'s planned path runs the fused kernels over the prefetched rows, the
+    unplanned one gathers and runs the bucket path: they agree to fp32 rounding."""
+    decoder = _reader(kind, tier, tmp_path, text).to(device)
     rows = _sequences(text, sum(STEPS))
-    unplanned = _logits(decoder, rows, planned=False)  # also checks the tables' source once
-    for table in _tables(decoder):  # the planned path must not gather by itself
-        monkeypatch.setattr(table, "gather", lambda rows_N: pytest.fail("gathered unplanned"))
-    planned = _logits(decoder, rows, planned=True)
+    with full_fp32_matmuls():
+        unplanned = _logits(decoder, rows, planned=False, device=device)  # checks the source
+        for table in _tables(decoder):  # the planned path must not gather by itself
+            monkeypatch.setattr(table, "gather", lambda rows_N: pytest.fail("gathered unplanned"))
+        planned = _logits(decoder, rows, planned=True, device=device)
     for fast, slow in zip(planned, unplanned, strict=True):
-        torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(fast, slow, **CLOSE[device])
 
 
 @pytest.mark.parametrize("kind", ["scone", "l3"])
@@ -168,3 +180,22 @@ def test_preceding_ids_pad_on_the_left():
         [2, 3, 4],
     ]
     assert preceding_ids([[1, 2]], 0).shape == (1, 0)
+
+
+@cuda
+@pytest.mark.parametrize("tier", ["pinned", "zarr"])
+@pytest.mark.parametrize("kind", ["scone", "l3"])
+@torch.no_grad()
+def test_planned_decoding_never_waits_for_the_device(kind, tier, text, tmp_path):
+    """Planning and decoding steps run without a host synchronisation (sampling's ``tolist``
+    is the decode loop's only one); Zarr reads wait for their reader thread, not the device."""
+    decoder = _reader(kind, tier, tmp_path, text).to("cuda")
+    rows = _sequences(text, sum(STEPS))
+    _logits(decoder, rows, planned=False, device="cuda")  # checks the tables' source once
+    _logits(decoder, rows, planned=True, device="cuda")  # compiles the kernels
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        _logits(decoder, rows, planned=True, device="cuda")
+    finally:
+        torch.cuda.set_sync_debug_mode(0)

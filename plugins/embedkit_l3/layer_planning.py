@@ -10,27 +10,33 @@ positions, M = pooled rows.
 from __future__ import annotations
 
 import dataclasses
+import math
+from typing import TYPE_CHECKING
 
 import torch
 
 from embedkit.dtypes import compute_dtype
 from embedkit.interfaces import RowsHandle
-from embedkit_l3.token_attention import LookupPlan, plan_lookup
+from embedkit_l3.token_attention import LookupPlan, plan_lookup, ranges
+
+if TYPE_CHECKING:
+    from embedkit_l3.triton_lookup import TritonPlan
 
 
 @dataclasses.dataclass(frozen=True)
 class PlannedRows:
-    """The bucket plan of some new positions (on the compute device) and their tokens' rows in
-    flight (``values`` None when the tables are tied)."""
+    """The plan of some new positions over their tokens' rows in flight (``values`` None when
+    the tables are tied): a bucket plan (CPU), or a Triton plan over the pooled rows (CUDA)."""
 
-    plan: LookupPlan
+    plan: LookupPlan | TritonPlan
     keys: RowsHandle
     values: RowsHandle | None
 
 
 class PlannedTables:
-    """``PlannedLookups`` for ``L3Layer``: the plan is made on the host from host ids (no
-    device synchronisation), the rows fetched with the tables' ``prefetch``."""
+    """``PlannedLookups`` for ``L3Layer``: the rows of the batch's distinct tokens (the pool)
+    are fetched with the tables' ``prefetch``; the plan is made from host ids, with no device
+    synchronisation. On CUDA the fused kernels then read the pool as their table."""
 
     def plan_lookups(self, ids_BT: torch.Tensor, preceding_BW: torch.Tensor) -> PlannedRows | None:
         """Start fetching the rows of tokens ``ids_BT`` (host); ``None`` when the tables are
@@ -40,21 +46,63 @@ class PlannedTables:
         device = self.offsets_V1.device
         if self._use_kernels(device):
             return None
-        plan = plan_lookup(ids_BT.reshape(-1).cpu(), self._host_offsets(), max_rows=self._max_rows)
-        keys = self.key_table.prefetch(plan.pool_rows_M)
-        values = None if self.tie_kv else self.value_table.prefetch(plan.pool_rows_M)
-        return PlannedRows(_plan_on(plan, device), keys, values)
+        ids_P = ids_BT.reshape(-1).cpu()
+        if device.type == "cuda" and self.lookup != "buckets" and self._kernel_widths():
+            return self._plan_pool(ids_P, device)
+        plan = plan_lookup(ids_P, self._host_offsets(), max_rows=self._max_rows)
+        return PlannedRows(_plan_on(plan, device), *self._prefetch(plan.pool_rows_M))
 
     def forward_planned(self, hidden_BTD: torch.Tensor, planned: PlannedRows) -> torch.Tensor:
         """The layer over the positions ``planned`` was made for, from its rows."""
         if not self._tables_checked:
             self._check_table_source()
         dtype = compute_dtype(hidden_BTD)
+        if not isinstance(planned.plan, LookupPlan):  # a TritonPlan over the pool (CUDA)
+            from embedkit_l3.lookup_ops import triton_token_attention
+
+            keys_MD = planned.keys.wait()
+            values_ME = None if planned.values is None else planned.values.wait()
+            hidden_PD = hidden_BTD.reshape(-1, self.dim)
+            looked_PE = triton_token_attention(
+                self.query_norm(hidden_PD), planned.plan, keys_MD, values_ME,
+                scale=1 / math.sqrt(self.dim), dtype=dtype,
+            )  # fmt: skip
+            return self._mix(looked_PE, hidden_PD).view_as(hidden_BTD) + hidden_BTD
         keys_MD = planned.keys.wait().to(hidden_BTD.device, dtype)
         values_ME = (
             keys_MD if planned.values is None else planned.values.wait().to(keys_MD.device, dtype)
         )
         return self._attend(hidden_BTD, planned.plan, keys_MD, values_ME)
+
+    def _plan_pool(self, ids_P: torch.Tensor, device: torch.device) -> PlannedRows:
+        """Fetch the rows of the distinct tokens of ``ids_P``, token by token (the pool), and
+        plan the kernels over the pool: each position's token renumbered to its place among
+        the distinct ones, with the pool's CSR offsets; one copy to the device."""
+        from embedkit_l3.triton_lookup import plan_triton
+
+        offsets_V1 = self._host_offsets()
+        tokens_U, local_P = torch.unique(ids_P, sorted=True, return_inverse=True)
+        first_row_U = offsets_V1[tokens_U]
+        rows_U = offsets_V1[tokens_U + 1] - first_row_U
+        num_m = int(rows_U.sum())
+        pool_rows_M = ranges(first_row_U, rows_U, num_m)
+        handles = self._prefetch(pool_rows_M)
+        pool_offsets_U1 = torch.cat((rows_U.new_zeros(1), torch.cumsum(rows_U, 0)))
+        packed = torch.cat((local_P, pool_offsets_U1)).to(device, non_blocking=True)
+        local_P, pool_offsets_U1 = packed.split([ids_P.numel(), len(tokens_U) + 1])
+        plan = plan_triton(
+            local_P, pool_offsets_U1, num_rows=num_m, width=max(self.dim, self.d_emb)
+        )
+        return PlannedRows(plan, *handles)
+
+    def _prefetch(self, rows_M: torch.Tensor) -> tuple[RowsHandle, RowsHandle | None]:
+        keys = self.key_table.prefetch(rows_M)
+        return keys, None if self.tie_kv else self.value_table.prefetch(rows_M)
+
+    def _kernel_widths(self) -> bool:
+        from embedkit_l3.triton_lookup import supported  # imports Triton: CUDA builds only
+
+        return supported(self.dim, self.d_emb)
 
     def _host_offsets(self) -> torch.Tensor:
         """The CSR offsets on the host (copied once per device placement)."""

@@ -81,7 +81,7 @@ def plan_lookup(
     num_n = sum(tiles * r for tiles, _, r in buckets)
 
     pool_start_U = torch.cumsum(rows_U, 0) - rows_U
-    pool_rows_M = _ranges(first_row_U, rows_U, num_m)
+    pool_rows_M = ranges(first_row_U, rows_U, num_m)
 
     # Tiles in bucket order (stable: by token id within a bucket).
     by_bucket_U = torch.argsort(bucket_U, stable=True)
@@ -105,7 +105,7 @@ def plan_lookup(
     slot_of_P[order_P] = slot_sorted_P
 
     # Key slots: row j of tile s reads pool row pool_start + j (masked when j >= rows).
-    j_N = _ranges(torch.zeros_like(padded_S), padded_S, num_n)
+    j_N = ranges(torch.zeros_like(padded_S), padded_S, num_n)
     tile_of_N = torch.repeat_interleave(
         torch.arange(num_s, device=device), padded_S, output_size=num_n
     )
@@ -122,7 +122,7 @@ def plan_lookup(
     return LookupPlan(pool_rows_M, key_index_N, rows_S, bias_S1R, slot_of_P, num_q, buckets)
 
 
-def _ranges(starts_K: torch.Tensor, lengths_K: torch.Tensor, total: int) -> torch.Tensor:
+def ranges(starts_K: torch.Tensor, lengths_K: torch.Tensor, total: int) -> torch.Tensor:
     """``cat([arange(s, s + n) for s, n in zip(starts_K, lengths_K)])`` without a loop."""
     ends_K = torch.cumsum(lengths_K, 0)
     shift_K = starts_K - (ends_K - lengths_K)
