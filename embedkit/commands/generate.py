@@ -64,6 +64,12 @@ def build_parser() -> ArgumentParser:
         action="store_true",
         help="Print a prompt's completion when it is done, not as it is produced.",
     )
+    parser.add_argument(
+        "--no_prefetch",
+        action="store_true",
+        help="Read every table row when its part runs, instead of fetching the next tokens' "
+        "rows as soon as they are sampled (planned lookups; to measure what they buy).",
+    )
     return parser
 
 
@@ -115,6 +121,7 @@ def run(args: Namespace) -> None:
         stop_id=tokenizer.eot_id,
         generator=torch.Generator(device=device).manual_seed(args.seed),
         on_tokens=printer,
+        prefetch=not args.no_prefetch,
     )
     if printer is not None:
         printer.close()
