@@ -13,7 +13,7 @@ from embedkit.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "recipes").rglob("*.yaml"))
-OVERLAY_FOLDERS = ("storage", "scale")  # applied on top of another recipe
+OVERLAY_FOLDERS = ("storage", "scale", "decode")  # applied on top of another recipe
 STANDALONE = [r for r in RECIPES if not set(OVERLAY_FOLDERS) & set(r.parts)]
 SCALE_BASES = {"wide.yaml": "gpu/dense.yaml", "l3-wide.yaml": "gpu/l3.yaml"}
 
@@ -61,6 +61,18 @@ def test_scale_overlay_validates_on_its_base(overlay):
     )
     assert printed["model"]["decoder"]["init_args"]["dim"] == 1024
     assert str(base.relative_to(ROOT)) in (ROOT / "recipes" / "scale" / overlay).read_text()
+
+
+def test_decode_overlay_makes_the_fgram_table_four_times_the_dense_parameters():
+    overlay = ROOT / "recipes" / "decode" / "scone-4x.yaml"
+    base = ROOT / "recipes" / "gpu" / "scone.yaml"
+    printed = yaml.safe_load(print_config("--config", str(base), "--config", str(overlay)))
+    decoder = printed["model"]["decoder"]["init_args"]
+    scone = decoder["input_embedding"]["init_args"]
+    assert scone["vocab"]["init_args"]["max_n"] == 5  # the base's, kept
+    dense = 30_000_000  # recipes/gpu/dense.yaml: 29,893,120 (embedkit info)
+    assert scone["vocab"]["init_args"]["num_entries"] * decoder["dim"] >= 4 * dense
+    assert str(base.relative_to(ROOT)) in overlay.read_text()
 
 
 def test_commands_take_repeated_config_flags():
