@@ -58,6 +58,10 @@ def default_precision() -> str:
     return "32-true"
 
 
+# Options of `fit` itself that its saved config.yaml carries next to the recipe.
+FIT_ONLY_OPTIONS = {"ckpt_path": str | None, "weights_only": bool | None}
+
+
 def default_loggers(root_dir: str | None) -> list[Logger]:
     """A CSV logger, plus a TensorBoard logger writing to the same ``version_N`` directory
     when ``tensorboard`` (or ``tensorboardX``) is installed."""
@@ -71,7 +75,19 @@ def default_loggers(root_dir: str | None) -> list[Logger]:
 class EmbedkitCLI(LightningCLI):
     """LightningCLI over ``LanguageModel`` and ``TextDataModule`` with run-time links."""
 
+    def setup_parser(self, add_subcommands: bool, *args, **kwargs) -> None:
+        self._with_subcommands = add_subcommands
+        super().setup_parser(add_subcommands, *args, **kwargs)
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        if not self._with_subcommands:  # objects only (run=False): no fit, hence no ckpt_path
+            # A run's saved config.yaml holds the fit's own options; the commands that build a
+            # recipe's objects (export, generate, eval, bench) take their checkpoint apart.
+            for name, kind in FIT_ONLY_OPTIONS.items():
+                parser.add_argument(
+                    f"--{name}", type=kind, default=None,
+                    help="Ignored here (from a run's saved configuration).",
+                )  # fmt: skip
         parser.link_arguments(
             "data.vocab_size", "model.decoder.init_args.vocab_size", apply_on="instantiate"
         )

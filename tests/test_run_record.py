@@ -119,6 +119,22 @@ def test_saved_config_reproduces_the_run(run_dir, tmp_path):
     assert train_losses(again) == train_losses(run_dir)
 
 
+def test_commands_take_a_runs_saved_config(run_dir, tmp_path, capsys):
+    """eval, generate and export build the model from a run's own config.yaml, which also
+    holds fit's options (ckpt_path, weights_only)."""
+    from embedkit.cli import main
+
+    config = str(run_dir / "config.yaml")
+    (checkpoint,) = (run_dir / "checkpoints").glob("*.ckpt")
+    text = tmp_path / "other.txt"
+    text.write_text("Some other text to score, twice. Some other text to score, twice.\n")
+    main(["eval", "--config", config, "--ckpt_path", str(checkpoint), "--corpus", str(text)])
+    assert "bits per byte" in capsys.readouterr().out
+    main(["generate", "--config", config, "--ckpt_path", str(checkpoint), "--prompt", "To be",
+          "--max_new_tokens", "4", "--temperature", "0", "--device", "cpu"])  # fmt: skip
+    assert capsys.readouterr().out.startswith("To be")
+
+
 def test_validation_results_final_and_best():
     history = [
         {"step": 2, "loss": 3.0, "perplexity": 20.1},
