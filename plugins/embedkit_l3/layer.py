@@ -287,11 +287,8 @@ class L3Layer(ExportedTables, PlannedTables, Sublayer):
         _RECENT_PLANS.append((weakref.ref(ids_BL), key, plan))
         return plan
 
-    @staticmethod
-    def _pool(table, rows_M: torch.Tensor, device: torch.device, dtype) -> torch.Tensor:
-        exported_module = isinstance(table, nn.Module) and not isinstance(table, TableSlot)
-        if exported_module and table.device != device:
-            table.to(device)  # an exported table on the GPU tier follows the model
+    def _pool(self, table, rows_M: torch.Tensor, device: torch.device, dtype) -> torch.Tensor:
+        self._tables_follow(device)
         return table.gather(rows_M).to(device, dtype)
 
 

@@ -44,6 +44,7 @@ class PlannedTables:
         if not self._connected:
             raise RuntimeError("L3Layer is used before connect(datamodule) loaded its allocation")
         device = self.offsets_V1.device
+        self._tables_follow(device)
         if self._use_kernels(device):
             return None
         ids_P = ids_BT.reshape(-1).cpu()

@@ -9,6 +9,7 @@ from torch import nn
 
 from embedkit.exported_tables import place_table, weights_hash, write_table
 from embedkit.interfaces import EmbeddingBackend
+from embedkit.model.table_slot import TableSlot
 
 
 class ExportedTables:
@@ -45,6 +46,14 @@ class ExportedTables:
         object.__setattr__(self, "key_table", backends[0])
         object.__setattr__(self, "value_table", None if self.tie_kv else backends[1])
         self._tables_checked = False
+
+    def _tables_follow(self, device: torch.device) -> None:
+        """Move exported tables on the GPU tier (modules outside the model) to ``device``,
+        where the model went."""
+        for table in (self.key_table, self.value_table):
+            exported_module = isinstance(table, nn.Module) and not isinstance(table, TableSlot)
+            if exported_module and table.device != device:
+                table.to(device)
 
     def _dense_weights_hash(self) -> str:
         return weights_hash(self.query_norm, self.up, self.up_norm, self.mix)

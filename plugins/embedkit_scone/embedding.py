@@ -191,8 +191,7 @@ class SconeEmbedding(InputEmbedding):
             # Cached inference: one row per position, selected without a host sync.
             if not self._table_checked:
                 self._check_table_source(token_embedding)
-            if isinstance(self._table, nn.Module) and self._table.device != embedded_BLD.device:
-                self._table.to(embedded_BLD.device)  # a GPU tier follows the model
+            self._table_follows(embedded_BLD.device)
             rows_PD = self._table.gather(fgrams_BL.clamp_min(0).reshape(-1))
             rows_BLD = rows_PD.to(embedded_BLD.device, embedded_BLD.dtype).view_as(embedded_BLD)
             return torch.where(matched_BL.unsqueeze(-1), rows_BLD, embedded_BLD)
@@ -203,6 +202,11 @@ class SconeEmbedding(InputEmbedding):
         replaced_BLD[matched_BL] = rows_MD.to(embedded_BLD.dtype)
         return replaced_BLD
 
+    def _table_follows(self, device: torch.device) -> None:
+        """Move an exported table on the GPU tier (a module outside the model) to ``device``."""
+        if isinstance(self._table, nn.Module) and self._table.device != device:
+            self._table.to(device)
+
     def plan_lookups(self, ids_BT: torch.Tensor, preceding_BW: torch.Tensor):
         """Start fetching the exported table's row of every new position (its longest f-gram
         over the preceding ids and its own, found on the host); ``None`` without a table (the
@@ -212,6 +216,7 @@ class SconeEmbedding(InputEmbedding):
             return None
         if not hasattr(self, "tokens_SK"):
             raise RuntimeError("SconeEmbedding is used before connect(datamodule) loaded its vocab")
+        self._table_follows(self.tokens_SK.device)
         window_BWT = torch.cat((preceding_BW, ids_BT), dim=1).cpu()
         fgrams_BT = self.vocab.lookup_torch(window_BWT)[:, preceding_BW.shape[1] :]
         rows = self._table.prefetch(fgrams_BT.clamp_min(0).reshape(-1))
