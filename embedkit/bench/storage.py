@@ -6,7 +6,6 @@ Legend: R = table rows, D = row width, N = rows gathered per call.
 
 from __future__ import annotations
 
-import platform
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -16,7 +15,7 @@ import torch
 from embedkit.backends.gpu import GPUBackend
 from embedkit.backends.pinned import PinnedCPUBackend
 from embedkit.backends.zarr_store import ZarrBackend
-from embedkit.bench.timing import summarize, synchronize, time_calls
+from embedkit.bench.timing import device_name, summarize, synchronize, time_calls
 from embedkit.dtypes import dtype_from_name
 
 
@@ -35,12 +34,6 @@ def _random_gpu_table(num_rows: int, dim: int, dtype: str, device: torch.device)
         count = min(BLOCK_ROWS, num_rows - low)
         table.write(low, torch.randn(count, dim, device=device).to(table.dtype))
     return table
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 def _h2d_copy_gbps(device: torch.device, *, num_bytes: int = 1 << 30) -> float | None:
@@ -142,7 +135,7 @@ def run_storage_bench(
         synchronize(device)
 
     return {
-        "device": _device_name(device),
+        "device": device_name(device),
         "torch": torch.__version__,
         "table": {"rows": num_rows, "dim": dim, "dtype": dtype, "zarr_rows": zarr_rows},
         "zarr": {"chunk_rows": 16, "shard_rows": shard_rows, "codec": "none", "page_cache": "warm"},

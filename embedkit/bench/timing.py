@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import platform
 import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
+
+
+def device_name(device: torch.device) -> str:
+    """The device's name as benchmark reports give it."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 def synchronize(device: torch.device) -> None:

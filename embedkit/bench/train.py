@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import platform
 import statistics
 import time
 import warnings
@@ -23,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from embedkit.accounting import inference_flops_per_token, parameter_counts
-from embedkit.bench.timing import synchronize
+from embedkit.bench.timing import device_name, synchronize
 from embedkit.commands.recipe_args import build_connected, config_args, pick_device
 from embedkit.interfaces import AuxiliaryLosses
 from embedkit.lm import LanguageModel
@@ -185,12 +184,6 @@ def _timed(
     return elapsed, peak, float(loss)
 
 
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
-
-
 def run_train_bench(
     *,
     runs: Sequence[str],
@@ -276,7 +269,7 @@ def run_train_bench(
             }
         )
     return {
-        "device": _device_name(target),
+        "device": device_name(target),
         "torch": torch.__version__,
         "precision": "bf16-mixed" if on_cuda else "32-true",
         "steps": steps,

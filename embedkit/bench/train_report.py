@@ -4,9 +4,9 @@ file atomically (written beside it, then renamed)."""
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Callable
 from pathlib import Path
+
+from embedkit.bench.report import write_atomic
 
 
 def write_train_report(
@@ -17,19 +17,10 @@ def write_train_report(
     directory.mkdir(parents=True, exist_ok=True)
     paths = [directory / f"{name}.{ext}" for ext in ("json", "md", "png")]
     document = json.dumps({"command": command, **results}, indent=2) + "\n"
-    _write_atomic(paths[0], lambda tmp: tmp.write_text(document))
-    _write_atomic(paths[1], lambda tmp: tmp.write_text(train_markdown(results, command)))
-    _write_atomic(paths[2], lambda tmp: _plot(results, tmp))
+    write_atomic(paths[0], lambda tmp: tmp.write_text(document))
+    write_atomic(paths[1], lambda tmp: tmp.write_text(train_markdown(results, command)))
+    write_atomic(paths[2], lambda tmp: _plot(results, tmp))
     return paths
-
-
-def _write_atomic(path: Path, write: Callable[[Path], object]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _gib(value: float | None) -> str:

@@ -8,7 +8,11 @@ from typing import Literal
 
 from jsonargparse import ArgumentParser, Namespace
 
-HELP = "Benchmarks (storage, train); results as JSON, Markdown and PNG under docs/benchmarks/."
+from embedkit.commands.recipe_args import add_device_argument
+
+HELP = (
+    "Benchmarks (storage, train, decode); results as JSON, Markdown and PNG under docs/benchmarks/."
+)
 
 
 def build_parser() -> ArgumentParser:
@@ -35,6 +39,9 @@ def build_parser() -> ArgumentParser:
     storage.add_argument("--output", type=str, default="docs/benchmarks", help="Result folder.")
     subcommands.add_subcommand("storage", storage, help="Storage tiers against hardware limits.")
     subcommands.add_subcommand("train", _train_parser(), help="Training tokens/s side by side.")
+    subcommands.add_subcommand(
+        "decode", _decode_parser(), help="Decode tokens/s and latency per table tier side by side."
+    )
     return parser
 
 
@@ -73,6 +80,66 @@ def _train_parser() -> ArgumentParser:
     return train
 
 
+def _decode_parser() -> ArgumentParser:
+    decode = ArgumentParser(
+        description="Decode tokens/s, per-token latency (p50/p99) and prefill time of recipes' "
+        "models with their lookup tables on each storage tier (prefetch on and off), side by "
+        "side in one run; random weights from each recipe's seed."
+    )
+    decode.add_argument(
+        "--runs",
+        type=str,
+        nargs="+",
+        required=True,
+        help="NAME=CONFIG[,CONFIG...] per run (recipes applied in order). Runs whose parts own "
+        "lookup tables (SCONE, L3) are measured on every --tiers tier, others on gpu only.",
+    )
+    decode.add_argument(
+        "--tiers",
+        type=str,
+        nargs="+",
+        default=["gpu", "pinned", "zarr"],
+        help="Tiers of the tables: gpu, pinned, zarr (the ratios are to gpu).",
+    )
+    decode.add_argument(
+        "--batch_sizes", type=int, nargs="+", default=[1, 64], help="Prompts decoded together."
+    )
+    decode.add_argument("--prompt_len", type=int, default=32, help="Tokens of each prompt.")
+    decode.add_argument(
+        "--new_tokens",
+        type=int,
+        default=64,
+        help="Tokens decoded per prompt: the first comes with the prefill, the others are the "
+        "timed steps (at least 2).",
+    )
+    decode.add_argument(
+        "--warmup_tokens",
+        type=int,
+        default=8,
+        help="Tokens of an untimed decode of the same prompts before each timed one.",
+    )
+    decode.add_argument("--rounds", type=int, default=3, help="Rounds over all variants.")
+    add_device_argument(decode, "Where to decode")
+    decode.add_argument("--seed", type=int, default=0, help="Seed of the random prompts.")
+    decode.add_argument(
+        "--storage_recipes",
+        type=str,
+        default="recipes/storage",
+        help="Folder of the tier overlays <tier>.yaml, relative to the working directory like "
+        "the --runs recipes (the repository's recipes/storage; give it when running elsewhere).",
+    )
+    decode.add_argument(
+        "--work_dir",
+        type=str | None,
+        default=None,
+        help="Folder for the runs' weights and exported tables (default: a temporary one, "
+        "removed at the end).",
+    )
+    decode.add_argument("--output", type=str, default="docs/benchmarks", help="Result folder.")
+    decode.add_argument("--name", type=str, default="decode", help="Result file name, no suffix.")
+    return decode
+
+
 def run(args: Namespace) -> None:
     """Run the chosen benchmark and write its report."""
     if args.benchmark == "storage":
@@ -108,6 +175,29 @@ def run(args: Namespace) -> None:
         )
         command = "embedkit " + shlex.join(sys.argv[1:])
         paths = write_train_report(results, opts.output, name=opts.name, command=command)
+        print(paths[1].read_text())
+        for path in paths:
+            print(f"wrote {path}")
+    elif args.benchmark == "decode":
+        from embedkit.bench.decode import run_decode_bench
+        from embedkit.bench.decode_report import write_decode_report
+
+        opts = args.decode
+        results = run_decode_bench(
+            runs=opts.runs,
+            tiers=opts.tiers,
+            batch_sizes=opts.batch_sizes,
+            prompt_len=opts.prompt_len,
+            new_tokens=opts.new_tokens,
+            warmup_tokens=opts.warmup_tokens,
+            rounds=opts.rounds,
+            device=opts.device,
+            seed=opts.seed,
+            storage_recipes=opts.storage_recipes,
+            work_dir=opts.work_dir,
+        )
+        command = "embedkit " + shlex.join(sys.argv[1:])
+        paths = write_decode_report(results, opts.output, name=opts.name, command=command)
         print(paths[1].read_text())
         for path in paths:
             print(f"wrote {path}")

@@ -1,0 +1,394 @@
+"""``embedkit bench decode``: decode tokens/s, per-token latency and prefill time of recipes'
+models with their lookup tables on each storage tier, measured side by side in one run.
+
+Each run is built once from its recipes (random weights from the recipe's seed: speed does not
+depend on them) and its weights are saved. A run whose parts own lookup tables (SCONE, L³) has
+them exported to every tier of ``--tiers`` as ``embedkit export`` writes them, and one reading
+model per tier is built with the tier's overlay and ``--model.decoder.init_args.tables``, as
+``embedkit generate`` reads them, with the saved weights; off-device tiers are measured with
+the decode loop's prefetch on and off. Runs without tables (dense, MoE) have all their weights
+on the device: they are measured on the gpu tier only.
+
+Every variant stays on the device for the whole run (each holds its own copy of the dense
+weights; the tables of the pinned and Zarr tiers stay off it). Each round measures every
+variant at every batch size in turn: an untimed greedy decode of ``warmup_tokens`` tokens, then
+a timed one of ``new_tokens`` tokens of the same prompts.
+
+Legend: B = batch rows, T = prompt positions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import os
+import statistics
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from embedkit.bench.timing import device_name, synchronize
+from embedkit.bench.train import parse_runs
+from embedkit.commands.export import file_sha256
+from embedkit.commands.recipe_args import build_connected, config_args, load_weights, pick_device
+from embedkit.generation import Sampler, generate
+from embedkit.lm import LanguageModel
+from embedkit.model.decoder import Decoder
+
+TIERS = ("gpu", "pinned", "zarr")
+GREEDY = Sampler(temperature=0)
+FIGURES = ("tokens_per_s", "p50_ms", "p99_ms", "prefill_ms")
+# The decode loop's planned lookups (off-device rows fetched on a side stream as soon as the
+# next tokens are known); before it has them, both prefetch settings run the same loop.
+PREFETCH_SUPPORTED = "prefetch" in inspect.signature(generate).parameters
+
+
+@dataclass
+class Variant:
+    """A run's decoder with its tables on one tier, decoded with or without prefetch."""
+
+    run: str
+    tier: str
+    prefetch: bool
+    decoder: Decoder
+
+
+@dataclass
+class Decoded:
+    """One timed decode: the new tokens of every row, the seconds from the call to the first
+    token (prefill and its sampling), and the seconds of every later step."""
+
+    completions: list[list[int]]
+    prefill_s: float
+    step_s: list[float]
+
+
+def check_options(
+    *,
+    tiers: Sequence[str],
+    batch_sizes: Sequence[int],
+    prompt_len: int,
+    new_tokens: int,
+    warmup_tokens: int,
+    rounds: int,
+) -> None:
+    """Refuse option values no measurement can use, naming the option."""
+    if not tiers:
+        raise ValueError(f"--tiers is empty; valid: one or more of {', '.join(TIERS)}")
+    for tier in tiers:
+        if tier not in TIERS:
+            raise ValueError(f"--tiers: {tier!r} is not a tier; valid: {', '.join(TIERS)}")
+    if len(set(tiers)) < len(tiers):
+        raise ValueError(f"--tiers={list(tiers)} names a tier twice; valid: distinct tiers")
+    if not batch_sizes:
+        raise ValueError("--batch_sizes is empty; valid: one or more sizes of at least 1")
+    for size in batch_sizes:
+        if size < 1:
+            raise ValueError(f"--batch_sizes: {size} is invalid; valid: at least 1")
+    for field, value, low, why in (
+        ("--prompt_len", prompt_len, 1, ""),
+        ("--new_tokens", new_tokens, 2, " (the first comes with the prefill)"),
+        ("--warmup_tokens", warmup_tokens, 0, ""),
+        ("--rounds", rounds, 1, ""),
+    ):
+        if value < low:
+            raise ValueError(f"{field}={value} is invalid; valid: at least {low}{why}")
+
+
+def overlay_paths(storage_recipes: str, tiers: Sequence[str]) -> dict[str, str]:
+    """The overlay recipe of every tier, ``<storage_recipes>/<tier>.yaml``; each must exist."""
+    paths = {tier: os.path.join(storage_recipes, f"{tier}.yaml") for tier in tiers}
+    for path in paths.values():
+        if not os.path.isfile(path):
+            raise ValueError(
+                f"--storage_recipes={storage_recipes!r}: {path!r} is not a file; valid: a "
+                f"folder holding {', '.join(f'{t}.yaml' for t in tiers)} (the repository's "
+                "recipes/storage)"
+            )
+    return paths
+
+
+def table_parts(decoder: Decoder) -> list[nn.Module]:
+    """The parts of ``decoder`` that own lookup tables (what ``embedkit export`` writes)."""
+    return [part for part in decoder.modules() if hasattr(part, "export_tables")]
+
+
+def folder_bytes(path: Path) -> int:
+    """Bytes of every file under ``path``."""
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def parameter_bytes(decoder: Decoder) -> int:
+    """Bytes of the decoder's parameters (tied ones once; exported tables are not among them)."""
+    return sum(p.numel() * p.element_size() for p in decoder.parameters())
+
+
+def _build(args: list[str]) -> LanguageModel:
+    with warnings.catch_warnings():  # sys.argv holds `bench decode`'s arguments: expected
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+        return build_connected(args)[1]
+
+
+def build_variants(
+    name: str,
+    configs: list[str],
+    *,
+    overlays: dict[str, str],
+    folder: Path,
+    longest: int,
+    device: torch.device,
+) -> tuple[list[Variant], dict]:
+    """The variants of one run, on ``device`` and in eval mode, and its figures (recipes,
+    parameter and table bytes). A model shorter than ``longest`` positions is refused."""
+    model = _build(config_args(configs))
+    max_seq_len = model.decoder.max_seq_len
+    if longest > max_seq_len:
+        raise ValueError(
+            f"--prompt_len + --new_tokens (or --warmup_tokens) = {longest} exceeds the "
+            f"max_seq_len={max_seq_len} of run {name!r}; valid: at most {max_seq_len}"
+        )
+    figures = {"name": name, "configs": configs, "table_bytes": {}}
+    if not table_parts(model.decoder):
+        variants = [Variant(name, "gpu", True, model.decoder.eval().to(device))]
+    else:
+        variants, figures["table_bytes"] = tier_variants(
+            name, configs, model, overlays=overlays, folder=folder, device=device
+        )
+    figures["parameter_bytes"] = parameter_bytes(variants[0].decoder)
+    return variants, figures
+
+
+def tier_variants(
+    name: str,
+    configs: list[str],
+    model: LanguageModel,
+    *,
+    overlays: dict[str, str],
+    folder: Path,
+    device: torch.device,
+) -> tuple[list[Variant], dict[str, int]]:
+    """``model`` (built from ``configs``, owning tables) read back on every tier of
+    ``overlays``: its weights saved and its tables exported into ``folder`` as ``embedkit
+    export`` writes them, then one model per tier built with the overlay and
+    ``--model.decoder.init_args.tables``, as ``embedkit generate`` reads them. The variants
+    (off the gpu tier, with prefetch on and off), on ``device`` and in eval mode, and the bytes
+    of each tier's exported tables. The tables are computed on ``device`` (``model`` is left
+    there)."""
+    folder.mkdir(parents=True)
+    weights = str(folder / "weights.pt")
+    torch.save({"state_dict": model.state_dict()}, weights)
+    producer = {"checkpoint_sha256": file_sha256(weights)}
+    model.to(device)  # SCONE's f-gram model runs over every f-gram
+    token_embedding = model.decoder.token_embedding
+    variants, table_bytes = [], {}
+    for tier, overlay in overlays.items():
+        tables = folder / tier
+        tables.mkdir()
+        for part in table_parts(model.decoder):
+            part.export_tables(
+                str(tables), to=tier, token_embedding=token_embedding, producer=producer
+            )
+        table_bytes[tier] = folder_bytes(tables)
+        reader = _build(
+            [*config_args([*configs, overlay]), "--model.decoder.init_args.tables", str(tables)]
+        )
+        load_weights(reader, weights)
+        decoder = reader.decoder.eval().to(device)
+        prefetches = (True,) if tier == "gpu" else (True, False)  # gpu: nothing to prefetch
+        variants += [Variant(name, tier, prefetch, decoder) for prefetch in prefetches]
+    return variants, table_bytes
+
+
+def random_prompts(
+    vocab_size: int, *, batch_size: int, prompt_len: int, seed: int
+) -> list[list[int]]:
+    """``batch_size`` prompts of ``prompt_len`` random token ids (the same for a seed)."""
+    generator = torch.Generator().manual_seed(seed)
+    ids_BT = torch.randint(vocab_size, (batch_size, prompt_len), generator=generator)
+    return ids_BT.tolist()
+
+
+def decode(
+    variant: Variant, prompts: list[list[int]], *, new_tokens: int, device: torch.device
+) -> Decoded:
+    """A greedy decode of ``new_tokens`` tokens per prompt, timed from an idle device; each
+    step ends with the loop's host sync, when ``on_tokens`` is called."""
+    stamps: list[float] = []
+    options = {"prefetch": variant.prefetch} if PREFETCH_SUPPORTED else {}
+    synchronize(device)
+    start = time.perf_counter()
+    completions = generate(
+        variant.decoder,
+        prompts,
+        max_new_tokens=new_tokens,
+        sampler=GREEDY,
+        stop_id=None,
+        on_tokens=lambda _tokens: stamps.append(time.perf_counter()),
+        **options,
+    )
+    steps = np.diff(stamps).tolist()
+    return Decoded(completions, prefill_s=stamps[0] - start, step_s=steps)
+
+
+def round_figures(decoded: Decoded, batch_size: int) -> dict[str, float]:
+    """Decode tokens/s (tokens after the first over their steps), p50 and p99 step ms, and
+    prefill ms of one timed decode."""
+    p50, p99 = np.percentile(np.asarray(decoded.step_s), [50, 99])
+    return {
+        "tokens_per_s": batch_size * len(decoded.step_s) / sum(decoded.step_s),
+        "p50_ms": float(p50 * 1e3),
+        "p99_ms": float(p99 * 1e3),
+        "prefill_ms": decoded.prefill_s * 1e3,
+    }
+
+
+def run_decode_bench(
+    *,
+    runs: Sequence[str],
+    tiers: Sequence[str],
+    batch_sizes: Sequence[int],
+    prompt_len: int,
+    new_tokens: int,
+    warmup_tokens: int,
+    rounds: int,
+    device: str,
+    seed: int,
+    storage_recipes: str,
+    work_dir: str | None,
+) -> dict:
+    """Build every run's variants, then ``rounds`` rounds over all of them at every batch
+    size; the results as a dict (ratios against the same run's gpu tier)."""
+    check_options(
+        tiers=tiers, batch_sizes=batch_sizes, prompt_len=prompt_len, new_tokens=new_tokens,
+        warmup_tokens=warmup_tokens, rounds=rounds,
+    )  # fmt: skip
+    specs = parse_runs(runs)
+    overlays = overlay_paths(storage_recipes, tiers)
+    if work_dir is not None:
+        for name in specs:
+            if (Path(work_dir) / name).exists():
+                raise ValueError(
+                    f"--work_dir={work_dir!r} already holds {name!r}; valid: a folder without "
+                    "the runs' names (their tables are exported afresh)"
+                )
+    target = pick_device(device)
+    longest = prompt_len + max(new_tokens, warmup_tokens)
+    log = lambda msg: print(f"[bench decode] {msg}", flush=True)  # noqa: E731
+
+    with contextlib.ExitStack() as stack:
+        if work_dir is None:
+            work_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="embedkit-decode-"))
+        variants: list[Variant] = []
+        figures = []
+        for name, configs in specs.items():
+            built, run_figures = build_variants(
+                name, configs, overlays=overlays, folder=Path(work_dir) / name,
+                longest=longest, device=target,
+            )  # fmt: skip
+            variants += built
+            figures.append(run_figures)
+            log(f"{name}: {len(built)} variants from {', '.join(configs)}")
+        measured = _measure(
+            variants, batch_sizes=batch_sizes, prompt_len=prompt_len, new_tokens=new_tokens,
+            warmup_tokens=warmup_tokens, rounds=rounds, seed=seed, device=target, log=log,
+        )  # fmt: skip
+    return {
+        "device": device_name(target),
+        "torch": torch.__version__,
+        "dtype": str(variants[0].decoder.token_embedding.weight.dtype).removeprefix("torch."),
+        "prefetch_supported": PREFETCH_SUPPORTED,
+        "tiers": list(tiers),
+        "batch_sizes": list(batch_sizes),
+        "prompt_len": prompt_len,
+        "new_tokens": new_tokens,
+        "warmup_tokens": warmup_tokens,
+        "rounds": rounds,
+        "seed": seed,
+        "runs": figures,
+        "variants": [
+            {
+                "run": v.run,
+                "tier": v.tier,
+                "prefetch": v.prefetch,
+                "batch_size": size,
+                **summarise(
+                    measured[v.run, v.tier, v.prefetch, size],
+                    measured.get((v.run, "gpu", True, size)),
+                    size,
+                ),
+            }
+            for run in specs
+            for size in batch_sizes
+            for v in variants
+            if v.run == run
+        ],
+    }
+
+
+def _measure(
+    variants: list[Variant],
+    *,
+    batch_sizes: Sequence[int],
+    prompt_len: int,
+    new_tokens: int,
+    warmup_tokens: int,
+    rounds: int,
+    seed: int,
+    device: torch.device,
+    log: Callable[[str], None],
+) -> dict[tuple[str, str, bool, int], list[Decoded]]:
+    """Every round's timed decode of every variant at every batch size, by (run, tier,
+    prefetch, batch size)."""
+    prompts = {
+        (v.run, size): random_prompts(
+            v.decoder.vocab_size, batch_size=size, prompt_len=prompt_len, seed=seed
+        )
+        for v in variants
+        for size in batch_sizes
+    }
+    measured: dict[tuple[str, str, bool, int], list[Decoded]] = {}
+    for index in range(rounds):
+        for size in batch_sizes:
+            for variant in variants:
+                rows = prompts[variant.run, size]
+                if warmup_tokens:
+                    decode(variant, rows, new_tokens=warmup_tokens, device=device)
+                decoded = decode(variant, rows, new_tokens=new_tokens, device=device)
+                key = (variant.run, variant.tier, variant.prefetch, size)
+                measured.setdefault(key, []).append(decoded)
+                rate = round_figures(decoded, size)["tokens_per_s"]
+                log(
+                    f"round {index + 1}/{rounds} {variant.run} {variant.tier} prefetch="
+                    f"{'on' if variant.prefetch else 'off'} batch {size}: {rate:,.0f} tokens/s"
+                )
+    return measured
+
+
+def summarise(rounds: list[Decoded], gpu_rounds: list[Decoded] | None, batch_size: int) -> dict:
+    """Medians over the rounds of one variant at one batch size (and each round's figures);
+    its tokens/s over the gpu variant's (median of the rounds' ratios: the variants of one
+    round ran back to back) and whether it decoded the same tokens (``None`` without one)."""
+    figures = [round_figures(decoded, batch_size) for decoded in rounds]
+    series = {field: [f[field] for f in figures] for field in FIGURES}
+    summary = {field: statistics.median(values) for field, values in series.items()}
+    summary["tokens_per_s_min"] = min(series["tokens_per_s"])
+    summary["tokens_per_s_max"] = max(series["tokens_per_s"])
+    summary |= {f"{field}_rounds": values for field, values in series.items()}
+    summary |= {"ratio_to_gpu": None, "ratio_to_gpu_rounds": None, "tokens_match_gpu": None}
+    if gpu_rounds is not None:
+        gpu_rates = [round_figures(decoded, batch_size)["tokens_per_s"] for decoded in gpu_rounds]
+        ratios = [mine / gpu for mine, gpu in zip(series["tokens_per_s"], gpu_rates, strict=True)]
+        summary["ratio_to_gpu"] = statistics.median(ratios)
+        summary["ratio_to_gpu_rounds"] = ratios
+        summary["tokens_match_gpu"] = all(
+            mine.completions == gpu.completions
+            for mine, gpu in zip(rounds, gpu_rounds, strict=True)
+        )
+    return summary
