@@ -21,7 +21,7 @@ import torch
 from embedkit.backends.manifest import TableManifest
 from embedkit.backends.raw_table import TABLE_FILE as TABLE_FILE  # re-exported: the stored form
 from embedkit.backends.raw_table import read_raw_table, save_raw_table
-from embedkit.backends.validation import check_block, check_rows
+from embedkit.backends.validation import check_block, check_rows, resolve_device
 from embedkit.dtypes import DTypeName, dtype_from_name
 from embedkit.interfaces import EmbeddingBackend, RowsHandle
 
@@ -77,7 +77,7 @@ class PinnedCPUBackend(EmbeddingBackend):
     def _setup(self, num_rows: int, dim: int, dtype: torch.dtype, device: str) -> None:
         if num_rows <= 0 or dim <= 0:
             raise ValueError(f"num_rows={num_rows} and dim={dim} must both be positive")
-        self._device = _resolve_device(device)
+        self._device = resolve_device(device)
         # Page-locked only where a GPU can use it (PyTorch's pinned allocator rounds the size
         # up to a power of two of bytes).
         pin = torch.cuda.is_available()
@@ -223,22 +223,3 @@ class PinnedCPUBackend(EmbeddingBackend):
         staging_N = torch.empty(rows_N.shape, dtype=rows_N.dtype, pin_memory=True)
         staging_N.copy_(rows_N)
         return staging_N.to(self._device, non_blocking=True)
-
-
-def _resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", torch.cuda.current_device())
-        return torch.device("cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError as err:
-        raise ValueError(f"device={device!r} is not a device; valid: auto, cpu, cuda[:N]") from err
-    if resolved.type == "cpu":
-        return resolved
-    if resolved.type != "cuda":
-        raise ValueError(f"device={device!r} is not supported; valid: auto, cpu, cuda[:N]")
-    if not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} but CUDA is not available; valid here: auto, cpu")
-    index = torch.cuda.current_device() if resolved.index is None else resolved.index
-    return torch.device("cuda", index)

@@ -32,3 +32,24 @@ def check_block(start: int, values_ND: torch.Tensor, num_rows: int, dim: int, dt
         raise ValueError(
             f"start={start} with {values_ND.shape[0]} rows leaves the table of {num_rows} rows"
         )
+
+
+def resolve_device(device: str) -> torch.device:
+    """A backend's ``device`` option: "auto" (the current CUDA device when CUDA is available,
+    else the CPU), "cpu", "cuda" or "cuda:<index>"; a ``ValueError`` naming it otherwise."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"device={device!r} is not a device; valid: auto, cpu, cuda[:N]") from err
+    if resolved.type == "cpu":
+        return resolved
+    if resolved.type != "cuda":
+        raise ValueError(f"device={device!r} is not supported; valid: auto, cpu, cuda[:N]")
+    if not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} but CUDA is not available; valid here: auto, cpu")
+    index = torch.cuda.current_device() if resolved.index is None else resolved.index
+    return torch.device("cuda", index)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from embedkit.backends.manifest import MANIFEST_NAME, TableManifest, read_manifest, write_manifest
-from embedkit.backends.validation import check_block, check_rows
+from embedkit.backends.validation import check_block, check_rows, resolve_device
 from embedkit.backends.zarr_format import (
     CODECS,
     STORE_DTYPES,
@@ -88,8 +88,9 @@ class ZarrBackend(EmbeddingBackend):
                 stores (local uncompressed rows are cached by the OS); 0 disables it.
             num_threads: Threads reading in parallel: remote chunks, and large batches of
                 local uncompressed rows (local decodes use the calling thread).
-            device: Where gathered rows land ("cpu", "cuda", "cuda:1"); on CUDA they are
-                copied from a pinned staging buffer without blocking the host.
+            device: Where gathered rows land: "cpu", "auto" (the current CUDA device when CUDA
+                is available, else the CPU), "cuda" or "cuda:<index>"; on CUDA they are copied
+                from a pinned staging buffer without blocking the host.
         """
         counts = {"num_rows": num_rows, "dim": dim, "chunk_rows": chunk_rows}
         for name, value in {**counts, "shard_rows": shard_rows, "num_threads": num_threads}.items():
@@ -154,7 +155,7 @@ class ZarrBackend(EmbeddingBackend):
     def _attach(self, files, manifest, layout, cache_rows, num_threads, device) -> None:
         self._files, self._manifest, self._layout = files, manifest, layout
         self._dtype = dtype_from_name(manifest.dtype)
-        self._device = torch.device(device)
+        self._device = resolve_device(device)
         self._reader = ShardReader(files, layout, cache_rows=cache_rows, num_threads=num_threads)
         self._prefetcher: ThreadPoolExecutor | None = None
         self._in_flight: list[Future] = []

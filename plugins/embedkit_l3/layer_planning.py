@@ -61,8 +61,9 @@ class PlannedTables:
         if not isinstance(planned.plan, LookupPlan):  # a TritonPlan over the pool (CUDA)
             from embedkit_l3.lookup_ops import triton_token_attention
 
-            keys_MD = planned.keys.wait()
-            values_ME = None if planned.values is None else planned.values.wait()
+            device = hidden_BTD.device  # the rows of some tiers (Zarr) land on the host
+            keys_MD = planned.keys.wait().to(device, non_blocking=True)
+            values_ME = None if planned.values is None else planned.values.wait().to(device)
             hidden_PD = hidden_BTD.reshape(-1, self.dim)
             looked_PE = triton_token_attention(
                 self.query_norm(hidden_PD), planned.plan, keys_MD, values_ME,
