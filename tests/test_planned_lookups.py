@@ -99,7 +99,8 @@ def _logits(
         prompts_BT[row, :length] = rows[row][:length]
     history = [[] for _ in rows]
     plan = plan_lookups(decoder, prompts_BT, history) if planned else None
-    hidden_BTD = decoder.decode(prompts_BT.to(device), cache, lengths=PROMPT_LENGTHS, plan=plan)
+    prompts_BT = prompts_BT.to(device, non_blocking=True)
+    hidden_BTD = decoder.decode(prompts_BT, cache, lengths=PROMPT_LENGTHS, plan=plan)
     logits = [[decoder.logits(hidden_BTD[r, :n])] for r, n in enumerate(PROMPT_LENGTHS)]
     history = [rows[r][:n].tolist() for r, n in enumerate(PROMPT_LENGTHS)]
     done = 0
@@ -110,7 +111,8 @@ def _logits(
         plan = plan_lookups(decoder, ids_BT, history) if planned else None
         if planned:
             assert plan is not None
-        logits_BTV = decoder.logits(decoder.decode(ids_BT.to(device), cache, plan=plan))
+        hidden_BTD = decoder.decode(ids_BT.to(device, non_blocking=True), cache, plan=plan)
+        logits_BTV = decoder.logits(hidden_BTD)
         for row in range(len(rows)):
             logits[row].append(logits_BTV[row])
             history[row] += ids_BT[row].tolist()
@@ -118,11 +120,10 @@ def _logits(
     return [torch.cat(parts) for parts in logits]
 
 
-def _tables(decoder: Decoder) -> list:
+def _planning_parts(decoder: Decoder) -> list:
     if decoder.input_embedding is not None:
-        return [decoder.input_embedding._table]
-    layer = decoder.sublayers["2"]
-    return [layer.key_table, layer.value_table]
+        return [decoder.input_embedding]
+    return [decoder.sublayers["2"]]
 
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -141,8 +142,8 @@ def test_planned_decoding_equals_unplanned_and_reads_only_prefetched_rows(
     rows = _sequences(text, sum(STEPS))
     with full_fp32_matmuls():
         unplanned = _logits(decoder, rows, planned=False, device=device)  # checks the source
-        for table in _tables(decoder):  # the planned path must not gather by itself
-            monkeypatch.setattr(table, "gather", lambda rows_N: pytest.fail("gathered unplanned"))
+        for part in _planning_parts(decoder):  # the planned path never runs the plain one
+            monkeypatch.setattr(part, "forward", lambda *a, **k: pytest.fail("ran unplanned"))
         planned = _logits(decoder, rows, planned=True, device=device)
     for fast, slow in zip(planned, unplanned, strict=True):
         torch.testing.assert_close(fast, slow, **CLOSE[device])

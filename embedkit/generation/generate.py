@@ -84,9 +84,10 @@ def generate(
     cache = decoder.new_cache(batch_size=len(prompts), max_len=max(lengths) + max_new_tokens)
     history = [[] for _ in prompts]  # each row's ids before the new ones (host), for planning
     plan = plan_lookups(decoder, ids_BT, history) if prefetch else None
-    hidden_BTD = decoder.decode(ids_BT.to(device), cache, lengths=lengths, plan=plan)
+    ids_BT = ids_BT.to(device, non_blocking=True)
+    hidden_BTD = decoder.decode(ids_BT, cache, lengths=lengths, plan=plan)
     history = [list(prompt) for prompt in prompts]
-    last_B = torch.as_tensor(lengths, device=device) - 1
+    last_B = torch.as_tensor(lengths).to(device, non_blocking=True) - 1
     hidden_BD = hidden_BTD[torch.arange(len(prompts), device=device), last_B]
     completions: list[list[int]] = [[] for _ in prompts]
     ended = [False] * len(prompts)

@@ -258,7 +258,11 @@ class Decoder(nn.Module):
             hidden_BTD = layer.decode(
                 hidden_BTD, cache.layer(index), positions_BT, mask_B1TS, end=end
             )
-        advance_B = None if lengths is None else torch.as_tensor(lengths, device=ids_BT.device)
+        advance_B = (
+            None
+            if lengths is None
+            else torch.as_tensor(lengths).to(ids_BT.device, non_blocking=True)
+        )
         cache.advance(advance_B, T if lengths is None else max(lengths))
         return self.norm(hidden_BTD)
 
