@@ -13,11 +13,12 @@ import dataclasses
 import math
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
 from embedkit.dtypes import compute_dtype
 from embedkit.interfaces import RowsHandle
-from embedkit_l3.token_attention import LookupPlan, plan_lookup, ranges
+from embedkit_l3.token_attention import LookupPlan, plan_lookup
 
 if TYPE_CHECKING:
     from embedkit_l3.triton_lookup import TritonPlan
@@ -58,40 +59,45 @@ class PlannedTables:
         if not self._tables_checked:
             self._check_table_source()
         dtype = compute_dtype(hidden_BTD)
+        device = hidden_BTD.device  # the rows of some tiers (Zarr on the CPU) land on the host
+        keys_MD = planned.keys.wait().to(device, non_blocking=True)
+        values_ME = None if planned.values is None else planned.values.wait()
+        if values_ME is not None:
+            values_ME = values_ME.to(device, non_blocking=True)
         if not isinstance(planned.plan, LookupPlan):  # a TritonPlan over the pool (CUDA)
             from embedkit_l3.lookup_ops import triton_token_attention
 
-            device = hidden_BTD.device  # the rows of some tiers (Zarr) land on the host
-            keys_MD = planned.keys.wait().to(device, non_blocking=True)
-            values_ME = None if planned.values is None else planned.values.wait().to(device)
             hidden_PD = hidden_BTD.reshape(-1, self.dim)
             looked_PE = triton_token_attention(
                 self.query_norm(hidden_PD), planned.plan, keys_MD, values_ME,
                 scale=1 / math.sqrt(self.dim), dtype=dtype,
             )  # fmt: skip
             return self._mix(looked_PE, hidden_PD).view_as(hidden_BTD) + hidden_BTD
-        keys_MD = planned.keys.wait().to(hidden_BTD.device, dtype)
-        values_ME = (
-            keys_MD if planned.values is None else planned.values.wait().to(keys_MD.device, dtype)
-        )
+        keys_MD = keys_MD.to(dtype)
+        values_ME = keys_MD if values_ME is None else values_ME.to(dtype)
         return self._attend(hidden_BTD, planned.plan, keys_MD, values_ME)
 
     def _plan_pool(self, ids_P: torch.Tensor, device: torch.device) -> PlannedRows:
         """Fetch the rows of the distinct tokens of ``ids_P``, token by token (the pool), and
         plan the kernels over the pool: each position's token renumbered to its place among
-        the distinct ones, with the pool's CSR offsets; one copy to the device."""
+        the distinct ones, with the pool's CSR offsets; one copy to the device. The host part
+        is numpy (small arrays: torch's CPU ops cost more to call than to run)."""
         from embedkit_l3.triton_lookup import plan_triton
 
-        offsets_V1 = self._host_offsets()
-        tokens_U, local_P = torch.unique(ids_P, sorted=True, return_inverse=True)
+        offsets_V1 = self._host_offsets().numpy()
+        tokens_U, local_P = np.unique(ids_P.numpy(), return_inverse=True)
         first_row_U = offsets_V1[tokens_U]
         rows_U = offsets_V1[tokens_U + 1] - first_row_U
-        num_m = int(rows_U.sum())
-        pool_rows_M = ranges(first_row_U, rows_U, num_m)
-        handles = self._prefetch(pool_rows_M)
-        pool_offsets_U1 = torch.cat((rows_U.new_zeros(1), torch.cumsum(rows_U, 0)))
-        packed = torch.cat((local_P, pool_offsets_U1)).to(device, non_blocking=True)
-        local_P, pool_offsets_U1 = packed.split([ids_P.numel(), len(tokens_U) + 1])
+        pool_offsets_U1 = np.concatenate(([0], np.cumsum(rows_U)))
+        num_m = int(pool_offsets_U1[-1])
+        # Row j of the pool: its token's first row + its rank among that token's rows.
+        token_M = np.repeat(np.arange(len(tokens_U)), rows_U)
+        pool_rows_M = first_row_U[token_M] + np.arange(num_m) - pool_offsets_U1[token_M]
+        handles = self._prefetch(torch.from_numpy(pool_rows_M))
+        packed = torch.from_numpy(np.concatenate((local_P.reshape(-1), pool_offsets_U1)))
+        local_P, pool_offsets_U1 = packed.to(device, non_blocking=True).split(
+            [ids_P.numel(), len(tokens_U) + 1]
+        )
         plan = plan_triton(
             local_P, pool_offsets_U1, num_rows=num_m, width=max(self.dim, self.d_emb)
         )

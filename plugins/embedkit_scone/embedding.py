@@ -217,15 +217,20 @@ class SconeEmbedding(InputEmbedding):
         if not hasattr(self, "tokens_SK"):
             raise RuntimeError("SconeEmbedding is used before connect(datamodule) loaded its vocab")
         self._table_follows(self.tokens_SK.device)
-        window_BWT = torch.cat((preceding_BW, ids_BT), dim=1).cpu()
-        fgrams_BT = self.vocab.lookup_torch(window_BWT)[:, preceding_BW.shape[1] :]
+        # One numpy lookup over the rows laid end to end, each closed by -1 (no f-gram spans
+        # it): small arrays, where torch's CPU ops cost more to call than to run.
+        window_BWT = torch.cat((preceding_BW, ids_BT), dim=1).cpu().numpy()
+        closed_BX = np.pad(window_BWT, ((0, 0), (0, 1)), constant_values=-1)
+        found_BX = self.vocab.lookup(closed_BX.reshape(-1)).reshape(closed_BX.shape)
+        fgrams_BT = torch.from_numpy(found_BX[:, preceding_BW.shape[1] : -1])
         rows = self._table.prefetch(fgrams_BT.clamp_min(0).reshape(-1))
         return PlannedFGrams(fgrams_BT >= 0, rows)
 
     def forward_planned(self, embedded_BTD: torch.Tensor, planned: PlannedFGrams) -> torch.Tensor:
         """The input vectors of the positions ``planned`` was made for, from their rows."""
         matched_BT = planned.matched_BT.to(embedded_BTD.device, non_blocking=True)
-        rows_BTD = planned.rows.wait().to(embedded_BTD.device, embedded_BTD.dtype)
+        rows_BTD = planned.rows.wait().to(embedded_BTD.device, non_blocking=True)
+        rows_BTD = rows_BTD.to(embedded_BTD.dtype)
         return torch.where(matched_BT.unsqueeze(-1), rows_BTD.view_as(embedded_BTD), embedded_BTD)
 
     def _load_from_state_dict(
