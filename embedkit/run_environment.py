@@ -1,8 +1,11 @@
-"""What a run ran on: embedkit's version and git commit, package versions, the device."""
+"""What a run ran on: embedkit's version, git commit and source hash, package versions, the
+device."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
+import importlib.util
 import platform
 import shutil
 import subprocess
@@ -53,6 +56,25 @@ def git_state() -> dict[str, Any]:
         "git_commit": commit.strip() if commit else None,
         "git_dirty": bool(status.strip()) if status is not None else None,
     }
+
+
+SOURCE_PACKAGES = ("embedkit", "embedkit_dense", "embedkit_l3", "embedkit_moe", "embedkit_scone")
+
+
+def source_hash(packages: tuple[str, ...] = SOURCE_PACKAGES) -> str:
+    """SHA-256 of the Python sources of embedkit and its bundled plugins (each file's path
+    within its package and bytes, in sorted order): which code ran, also where the checkout's
+    git metadata is missing or stale (a copied working tree)."""
+    digest = hashlib.sha256()
+    for name in packages:
+        spec = importlib.util.find_spec(name)
+        if spec is None or not spec.submodule_search_locations:
+            continue
+        root = Path(next(iter(spec.submodule_search_locations)))
+        for path in sorted(root.rglob("*.py")):
+            digest.update(f"{name}/{path.relative_to(root).as_posix()}\0".encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 def describe_device(trainer: L.Trainer, device: torch.device) -> dict[str, Any]:

@@ -26,7 +26,13 @@ from embedkit.accounting import inference_flops_per_token, parameter_counts
 from embedkit.data.shards import MANIFEST_FILE
 from embedkit.data.text import digest
 from embedkit.interfaces import EmbeddingBackend, VocabExtension
-from embedkit.run_environment import describe_device, git_state, package_versions, version
+from embedkit.run_environment import (
+    describe_device,
+    git_state,
+    package_versions,
+    source_hash,
+    version,
+)
 
 if TYPE_CHECKING:
     from embedkit.data.datamodule import TextDataModule
@@ -60,7 +66,11 @@ class RunRecord(L.Callback):
             "run_dir": str(Path(trainer.log_dir).resolve()),
             "started_at": _now(),
             "finished_at": None,
-            "embedkit": {"version": version("embedkit"), **git_state()},
+            "embedkit": {
+                "version": version("embedkit"),
+                **git_state(),
+                "source_hash": source_hash(),
+            },
             "packages": {"python": platform.python_version(), **package_versions()},
             "device": describe_device(trainer, pl_module.device),
             "data": describe_data(trainer.datamodule),

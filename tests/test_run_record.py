@@ -16,7 +16,7 @@ from torch import nn
 
 from embedkit.backends.gpu import GPUBackend
 from embedkit.backends.pinned import PinnedCPUBackend
-from embedkit.run_environment import git_state
+from embedkit.run_environment import git_state, source_hash
 from embedkit.run_record import tables_per_tier, validation_results, vocabulary_hashes
 from tests.support.bigram_vocab import BigramVocab
 
@@ -81,6 +81,7 @@ def test_summary_describes_the_run(run_dir):
     assert summary["schema_version"] == 1 and summary["status"] == "finished"
     assert summary["run_dir"] == str(run_dir.resolve())
     assert summary["packages"]["torch"] == torch.__version__
+    assert summary["embedkit"]["source_hash"] == source_hash()
     assert summary["device"] | {"type": "cpu", "count": 1} == summary["device"]
     data = summary["data"]
     assert data["tokenizer_fingerprint"] == "bytes-v1"
@@ -172,6 +173,17 @@ def test_tables_per_tier_and_vocabulary_hashes():
     }
     part = model.decoder["part"]
     assert vocabulary_hashes(model) == {"part.vocab": part.vocab.content_hash}
+
+
+def test_source_hash_follows_the_sources(tmp_path, monkeypatch):
+    package = tmp_path / "fakepkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("A = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    first = source_hash(("fakepkg",))
+    assert source_hash(("fakepkg",)) == first and len(first) == 64
+    (package / "__init__.py").write_text("A = 2\n")
+    assert source_hash(("fakepkg",)) != first
 
 
 def test_git_state_without_git(monkeypatch):
