@@ -4,7 +4,6 @@ decode the same tokens on every tier as the model that owned them, bad options a
 
 from __future__ import annotations
 
-import inspect
 import json
 import statistics
 from pathlib import Path
@@ -12,14 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from embedkit.bench.decode import (
-    GREEDY,
-    TIERS,
-    decode,
-    overlay_paths,
-    table_parts,
-    tier_variants,
-)
+from embedkit.bench.decode import GREEDY, TIERS, decode
+from embedkit.bench.decode_variants import overlay_paths, table_parts, tier_variants
 from embedkit.cli import main
 from embedkit.commands.recipe_args import build_connected, config_args
 from embedkit.generation import generate
@@ -63,7 +56,6 @@ def test_bench_decode_writes_every_variant(tmp_path, monkeypatch, capsys):
     )  # fmt: skip
     results = json.loads((tmp_path / "out" / "tiny.json").read_text())
     assert results["command"].startswith("embedkit ")
-    assert results["prefetch_supported"] == ("prefetch" in inspect.signature(generate).parameters)
     assert (results["tiers"], results["batch_sizes"], results["rounds"]) == (list(TIERS), [1, 2], 2)
     expected = [("dense", "gpu", True, size) for size in (1, 2)]
     for run in ("scone", "l3"):
