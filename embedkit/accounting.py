@@ -41,6 +41,16 @@ def inference_flops_per_token(decoder: Decoder, *, context: int) -> int:
     )
 
 
+def extra_training_flops(decoder: Decoder) -> float:
+    """FLOPs the parts spent in training beyond ``3 x`` their inference FLOPs per token so far
+    (``TrainingCost``: SCONE's f-gram model); 0 when none does."""
+    from embedkit.interfaces import TrainingCost
+
+    return float(
+        sum(p.extra_training_flops() for p in decoder.modules() if isinstance(p, TrainingCost))
+    )
+
+
 def lookup_parameters(decoder: Decoder) -> int:
     """Parameters a token does not multiply at inference: the lookup tables of the parts (a
     token reads only its own rows) and what produces a table only while training (SCONE's

@@ -22,7 +22,11 @@ from typing import TYPE_CHECKING, Any
 import lightning as L
 from torch import nn
 
-from embedkit.accounting import inference_flops_per_token, parameter_counts
+from embedkit.accounting import (
+    extra_training_flops,
+    inference_flops_per_token,
+    parameter_counts,
+)
 from embedkit.data.shards import MANIFEST_FILE
 from embedkit.data.text import digest
 from embedkit.interfaces import EmbeddingBackend, VocabExtension
@@ -106,6 +110,7 @@ class RunRecord(L.Callback):
                 "tokens_seen": pl_module.tokens_seen,
                 "loss": float(metrics["val/loss"]),
                 "perplexity": float(metrics["val/perplexity"]),
+                "extra_training_flops": extra_training_flops(pl_module.decoder),
             }
         )
         if "validation_hash" not in self._summary["data"]:
@@ -126,6 +131,7 @@ class RunRecord(L.Callback):
         summary["training"] = {
             "steps": trainer.global_step,
             "tokens_seen": pl_module.tokens_seen,
+            "extra_training_flops": extra_training_flops(pl_module.decoder),
             "wall_time_s": time.perf_counter() - self._start,
             "tokens_per_s": self._timed_tokens / self._timed_s if self._timed_s > 0 else None,
         }

@@ -11,6 +11,7 @@ import pytest
 
 from embedkit.cli import main
 from embedkit.compare import compare_values, load_runs, pick_baseline
+from embedkit.compare.report import training_flops
 from tests.test_run_record import tiny_fit
 
 
@@ -75,6 +76,19 @@ def test_values_and_deltas_against_the_baseline(two_runs):
     assert compare_values(runs, 1)[0]["final_val_loss_delta"] == 0.25
     with pytest.raises(ValueError, match=r"--baseline='moe' names no run; valid: .*0=dense"):
         pick_baseline(runs, "moe")
+
+
+def test_training_flops_add_the_recorded_training_only_work(tmp_path):
+    path = write_run(tmp_path / "scone" / "lightning_logs" / "version_0", loss=2.0, params=100)
+    summary = json.loads((path / "summary.json").read_text())
+    summary["training"]["extra_training_flops"] = 5e5
+    summary["validation"]["history"][0]["extra_training_flops"] = 2e5
+    (path / "summary.json").write_text(json.dumps(summary))
+    (run,) = load_runs([path])
+    assert training_flops(run.summary) == 3 * 200 * 1000 + 5e5
+    first, second = run.summary["validation"]["history"]
+    assert training_flops(run.summary, first) == 3 * 200 * 500 + 2e5
+    assert training_flops(run.summary, second) == 3 * 200 * 1000  # not recorded: none added
 
 
 def test_command_writes_markdown_csv_and_plots(two_runs, tmp_path, capsys):

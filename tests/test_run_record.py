@@ -82,6 +82,8 @@ def test_summary_describes_the_run(run_dir):
     assert summary["run_dir"] == str(run_dir.resolve())
     assert summary["packages"]["torch"] == torch.__version__
     assert summary["embedkit"]["source_hash"] == source_hash()
+    assert summary["training"]["extra_training_flops"] == 0.0  # dense: no training-only work
+    assert all(p["extra_training_flops"] == 0.0 for p in summary["validation"]["history"])
     assert summary["device"] | {"type": "cpu", "count": 1} == summary["device"]
     data = summary["data"]
     assert data["tokenizer_fingerprint"] == "bytes-v1"

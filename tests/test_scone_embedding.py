@@ -16,7 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
+from embedkit.accounting import extra_training_flops
 from embedkit.backends.gpu import GPUBackend
 from embedkit.backends.pinned import PinnedCPUBackend
 from embedkit.backends.zarr_store import ZarrBackend
@@ -194,6 +196,32 @@ def test_replacement_exactly_at_matched_positions(trained: Decoder, matched_frac
     # Tags as a loader may give them (int32) select the same rows.
     out32_BLD = scone(plain_BLD, ids_BL, token_embedding, {FEATURE: tags_BL.int()})
     assert torch.equal(out32_BLD, out_BLD)
+
+
+def test_training_counts_the_fgram_models_work_and_nothing_else(
+    tmp_path: Path, data: TextDataModule
+):
+    """``extra_training_flops``: 3 x 2 x the f-gram model's matrix weights per token through it,
+    every token of every distinct f-gram of a training forward; none in eval or no-grad."""
+    decoder = _decoder(tmp_path / "v.npz")
+    scone, token_embedding = decoder.input_embedding, decoder.token_embedding
+    scone.connect(data)
+    ids_BL, tags_BL = _tagged_batch(data, start=0, rows=2, length=24)
+    plain_BLD = token_embedding(ids_BL)
+    assert scone.extra_training_flops() == 0.0
+    scone.train()
+    scone(plain_BLD, ids_BL, token_embedding, {FEATURE: tags_BL})
+    fgrams_U = torch.unique(tags_BL[tags_BL >= 0])
+    assert len(fgrams_U) > 3  # real text: the batch matches f-grams
+    tokens = int(scone.lengths_S[fgrams_U].sum())
+    weights = sum(m.weight.numel() for m in scone.fgram_model.modules() if isinstance(m, nn.Linear))
+    assert scone.extra_training_flops() == 3 * 2 * weights * tokens
+    with torch.no_grad():
+        scone(plain_BLD, ids_BL, token_embedding, {FEATURE: tags_BL})
+    scone.eval()
+    scone(plain_BLD, ids_BL, token_embedding, {FEATURE: tags_BL})
+    assert scone.extra_training_flops() == 3 * 2 * weights * tokens
+    assert extra_training_flops(decoder) == scone.extra_training_flops()
 
 
 def test_forward_before_connect_is_refused(tmp_path: Path):

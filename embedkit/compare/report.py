@@ -14,7 +14,7 @@ from typing import Any
 from embedkit.compare.runs import Run
 from embedkit.run_record import write_atomic
 
-FLOPS_LABEL = "training FLOPs (≈ 3 × inference FLOPs/token × tokens seen)"
+FLOPS_LABEL = "training FLOPs (≈ 3 × inference FLOPs/token × tokens + training-only work)"
 
 
 def _section(summary: dict[str, Any], section: str, key: str) -> Any:
@@ -26,11 +26,16 @@ def _total(summary: dict[str, Any], key: str) -> int | None:
     return sum(tier[key] for tier in tiers.values()) if tiers is not None else None
 
 
-def training_flops(summary: dict[str, Any], tokens_seen: float | None = None) -> float | None:
-    """3 x inference FLOPs per token x tokens seen (``tokens_seen`` or the run's total)."""
+def training_flops(summary: dict[str, Any], point: dict[str, Any] | None = None) -> float | None:
+    """3 x inference FLOPs per token x tokens seen, plus the parts' training-only FLOPs
+    (``extra_training_flops``: SCONE's f-gram model), at the end of the run or at a validation
+    ``point`` of its history (summaries from before that field count none)."""
     flops = _section(summary, "model", "inference_flops_per_token")
-    tokens = _section(summary, "training", "tokens_seen") if tokens_seen is None else tokens_seen
-    return None if flops is None or tokens is None else 3.0 * flops * tokens
+    where = (summary.get("training") or {}) if point is None else point
+    tokens = where.get("tokens_seen")
+    if flops is None or tokens is None:
+        return None
+    return 3.0 * flops * tokens + (where.get("extra_training_flops") or 0.0)
 
 
 def _count(value: float) -> str:
@@ -93,7 +98,7 @@ FIELDS = (
     Field("tokens_seen", "tokens seen", ("training", "tokens_seen"), "ratio", _count),
     Field(
         "training_flops",
-        "training FLOPs (≈ 3 × inference × tokens)",
+        "training FLOPs (≈ 3 × inference × tokens + training-only work)",
         training_flops,
         "ratio",
         _short,
@@ -176,7 +181,8 @@ def comparison_markdown(rows: Sequence[dict[str, Any]], base: int, notes: Sequen
         "",
         f"Baseline: **{rows[base]['run']}**. Losses and perplexities: value (difference to the "
         "baseline); other figures: value (ratio to the baseline). Training FLOPs ≈ 3 × "
-        "inference FLOPs/token × tokens seen.",
+        "inference FLOPs/token × tokens seen, plus work done only in training (SCONE's f-gram "
+        "model), where the run recorded it.",
         "",
         "| figure | " + " | ".join(names) + " |",
         "|---|" + "---:|" * len(rows),
@@ -201,13 +207,15 @@ def plot_validation(runs: Sequence[Run], path: Path, *, against: str) -> None:
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for run in runs:
-        points = [
-            (entry["tokens_seen"], entry["loss"])
+        history = [
+            entry
             for entry in _section(run.summary, "validation", "history") or []
             if entry.get("tokens_seen") is not None
         ]
-        if against == "flops":
-            points = [(training_flops(run.summary, tokens), loss) for tokens, loss in points]
+        points = [
+            (training_flops(run.summary, e) if against == "flops" else e["tokens_seen"], e["loss"])
+            for e in history
+        ]
         points = [(x, y) for x, y in points if x is not None]
         if points:
             xs, ys = zip(*points, strict=True)

@@ -1,6 +1,6 @@
 """The interfaces every embedkit component implements (see docs/architecture.md)."""
 
-from embedkit.interfaces.auxiliary import AuxiliaryLosses, TrainingMetrics
+from embedkit.interfaces.auxiliary import AuxiliaryLosses, TrainingCost, TrainingMetrics
 from embedkit.interfaces.backend import EmbeddingBackend, RowsHandle, TableFactory
 from embedkit.interfaces.data_connected import DataConnected
 from embedkit.interfaces.feed_forward import FeedForward
@@ -22,6 +22,7 @@ __all__ = [
     "RowsHandle",
     "Sublayer",
     "TableFactory",
+    "TrainingCost",
     "TrainingMetrics",
     "VocabExtension",
 ]

@@ -1,4 +1,4 @@
-"""What a model part hands to training besides its output: losses and metrics.
+"""What a model part hands to training besides its output: losses, metrics and cost.
 
 ``AuxiliaryLosses``: ``LanguageModel.training_step`` asks every part of the decoder that has
 ``auxiliary_losses()`` for the losses of the forward it just ran (already weighted), adds them
@@ -10,6 +10,10 @@ hold no padding, so every position counts.
 ``training_metrics()`` for the metrics of the forward it just ran and logs each one as
 ``train/<part name>/<metric>``. Parts are asked only then, so a metric may cost a few kernels
 but no step in between pays for it.
+
+``TrainingCost``: a part whose training does work that its inference does not (SCONE's f-gram
+model, replaced by a table at inference) counts it, so that run summaries and comparisons can
+add it to the ``3 x inference FLOPs x tokens`` estimate of training FLOPs.
 """
 
 from __future__ import annotations
@@ -25,6 +29,15 @@ class AuxiliaryLosses(Protocol):
 
     def auxiliary_losses(self) -> dict[str, torch.Tensor]:
         """The weighted losses of the last training forward, by name; cleared once returned."""
+
+
+@runtime_checkable
+class TrainingCost(Protocol):
+    """A part with training-only work (not in its inference FLOPs per token)."""
+
+    def extra_training_flops(self) -> float:
+        """FLOPs of that work, forward and backward, in every training forward since the part
+        was built (read on the host: call it at validations and at the end, not every step)."""
 
 
 @runtime_checkable

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from embedkit.accounting import matrix_flops
 from embedkit.interfaces import InputEmbedding, RowsHandle, TableFactory
 from embedkit.model.decoder import FeedForwardFactory
 from embedkit_dense.swiglu import SwiGLU
@@ -88,6 +89,7 @@ class SconeEmbedding(InputEmbedding):
         self._table_checked = False
         object.__setattr__(self, "_table", None)
         self.fgram_model = None
+        self._fgram_tokens: torch.Tensor | None = None  # through the f-gram model, training
         if table is None:
             self.fgram_model = FGramModel(
                 dim=dim,
@@ -168,6 +170,22 @@ class SconeEmbedding(InputEmbedding):
         export_fgram_table(self, token_embedding, location, to=to, producer=producer | hashes)
         return [location]
 
+    def extra_training_flops(self) -> float:
+        """``TrainingCost``: the f-gram model runs in training only (a table replaces it at
+        inference): 3 x 2 FLOPs per weight of its matrices per token through it (every token
+        of every distinct f-gram of each batch; its attention over at most K positions is left
+        out)."""
+        if self._fgram_tokens is None or self.fgram_model is None:
+            return 0.0
+        return 3.0 * matrix_flops(self.fgram_model) * float(self._fgram_tokens)
+
+    def _count_fgram_tokens(self, tokens: torch.Tensor) -> None:
+        """Add to the running count, on the device (no host synchronisation)."""
+        if self._fgram_tokens is None or self._fgram_tokens.device != tokens.device:
+            previous = 0 if self._fgram_tokens is None else float(self._fgram_tokens)
+            self._fgram_tokens = torch.tensor(previous, dtype=torch.float64, device=tokens.device)
+        self._fgram_tokens += tokens
+
     def fgram_embeddings(self, fgrams_U: torch.Tensor, token_embedding: nn.Embedding):
         """Embeddings [U, D] of f-grams ``fgrams_U`` computed by the f-gram model."""
         tokens_UK = self.tokens_SK[fgrams_U]
@@ -198,6 +216,8 @@ class SconeEmbedding(InputEmbedding):
         fgrams_M = fgrams_BL[matched_BL]
         fgrams_U, inverse_M = torch.unique(fgrams_M, return_inverse=True)
         rows_MD = self.fgram_embeddings(fgrams_U, token_embedding)[inverse_M]
+        if self.training and torch.is_grad_enabled():  # tokens through the f-gram model
+            self._count_fgram_tokens(self.lengths_S[fgrams_U].sum())
         replaced_BLD = embedded_BLD.clone()
         replaced_BLD[matched_BL] = rows_MD.to(embedded_BLD.dtype)
         return replaced_BLD
