@@ -123,6 +123,10 @@ class RunRecord(L.Callback):
         status = "interrupted" if isinstance(exception, KeyboardInterrupt) else "failed"
         self._finish(trainer, pl_module, status)
 
+    def tokens_per_s(self) -> float | None:
+        """Training tokens per second over the fit's timed steps so far (all ranks)."""
+        return self._timed_tokens / self._timed_s if self._timed_s > 0 else None
+
     def _finish(self, trainer: L.Trainer, pl_module: L.LightningModule, status: str) -> None:
         if self._summary is None:  # the fit failed before it started
             return
@@ -133,7 +137,7 @@ class RunRecord(L.Callback):
             "tokens_seen": pl_module.tokens_seen,
             "extra_training_flops": extra_training_flops(pl_module.decoder),
             "wall_time_s": time.perf_counter() - self._start,
-            "tokens_per_s": self._timed_tokens / self._timed_s if self._timed_s > 0 else None,
+            "tokens_per_s": self.tokens_per_s(),
         }
         summary["validation"].update(validation_results(summary["validation"]["history"]))
         summary["checkpoints"] = describe_checkpoints(trainer, Path(summary["run_dir"]))

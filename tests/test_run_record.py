@@ -70,6 +70,13 @@ def test_run_dir_holds_config_summary_metrics_and_checkpoints(run_dir):
     assert any(name.startswith("events.out.tfevents") for name in names), names
 
 
+def test_fit_prints_the_mean_throughput_of_its_summary(tmp_path, caplog):
+    with caplog.at_level("INFO"):
+        run_dir = tiny_fit(tmp_path / "run")
+    rate = json.loads((run_dir / "summary.json").read_text())["training"]["tokens_per_s"]
+    assert f"training throughput: {rate:,.0f} tokens/s" in caplog.text
+
+
 def test_a_recipe_logger_replaces_the_default_ones(tmp_path):
     tiny_fit(tmp_path / "run", "--trainer.logger=false")
     assert (tmp_path / "run" / "summary.json").is_file()  # no logger: the root directory
