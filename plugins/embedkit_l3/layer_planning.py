@@ -113,12 +113,14 @@ class PlannedTables:
         return supported(self.dim, self.d_emb)
 
     def _host_offsets(self) -> torch.Tensor:
-        """The CSR offsets on the host (copied once per device placement)."""
+        """The CSR offsets on the host, copied again whenever the buffer changes (connect,
+        a loaded checkpoint, a move to another device)."""
+        key = (self.offsets_V1.device, self.offsets_V1._version)
         cached = getattr(self, "_offsets_host", None)
-        if cached is None or cached.shape != self.offsets_V1.shape:
-            cached = self.offsets_V1.cpu()
+        if cached is None or cached[0] != key:
+            cached = (key, self.offsets_V1.cpu())
             self._offsets_host = cached
-        return cached
+        return cached[1]
 
 
 def _plan_on(plan: LookupPlan, device: torch.device) -> LookupPlan:
