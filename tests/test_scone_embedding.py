@@ -1,6 +1,6 @@
 """``SconeEmbedding`` (SCONE): f-gram embeddings replace token embeddings exactly at the tagged
-positions, depend on the f-gram alone, the vocabulary is fitted once and checked on reuse, and
-an exported f-gram table gives the f-gram model's logits on every storage tier.
+positions and depend on the f-gram alone, training counts the f-gram model's work, and the
+vocabulary is fitted once and checked on reuse (the exported table: test_scone_table.py).
 
 Legend: B = batch rows, L = positions, D = model width, S = f-grams, K = longest f-gram,
 F = f-grams of one call, M = matched positions, N = tokens of a split.
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -19,66 +18,18 @@ import torch
 from torch import nn
 
 from embedkit.accounting import extra_training_flops
-from embedkit.backends.gpu import GPUBackend
-from embedkit.backends.pinned import PinnedCPUBackend
-from embedkit.backends.zarr_store import ZarrBackend
 from embedkit.data.datamodule import TextDataModule
-from embedkit.data.tokenizers import ByteTokenizer
 from embedkit.model.decoder import Decoder
-from embedkit_dense.swiglu import SwiGLU
-from embedkit_scone.embedding import FEATURE, SconeEmbedding
+from embedkit_scone.embedding import FEATURE
 from embedkit_scone.vocab import FGramVocab
-
-TIERS = {
-    "gpu": GPUBackend,
-    "pinned": partial(PinnedCPUBackend, device="cpu"),
-    "zarr": ZarrBackend,
-}
-SETTINGS = {"max_n": 4, "min_count": 3, "num_entries": 500}
-# fp32 on the CPU: a matmul's rows depend in their last bits on how many rows it has, so the
-# same f-gram computed in batches of other sizes agrees to rounding, not bit for bit.
-CLOSE = {"rtol": 1e-5, "atol": 1e-5}
-
-
-def _data(cache_dir: Path) -> TextDataModule:
-    return TextDataModule(
-        tokenizer=ByteTokenizer(), cache_dir=str(cache_dir), seq_len=32, batch_size=4
-    )
-
-
-def _decoder(
-    vocab_path: Path, *, table: str | None = None, tier: str = "gpu", **settings: int
-) -> Decoder:
-    torch.manual_seed(0)
-    return Decoder(
-        vocab_size=256,
-        dim=32,
-        num_layers=2,
-        num_heads=4,
-        feed_forward=SwiGLU,
-        input_embedding=partial(
-            SconeEmbedding,
-            vocab=FGramVocab(**(SETTINGS | settings)),
-            vocab_path=str(vocab_path),
-            fgram_layers=1,
-            table=table,
-        ),
-        table_backend=TIERS[tier],
-    )
-
-
-def _tagged_batch(data: TextDataModule, *, start: int, rows: int, length: int):
-    """Consecutive windows of the training split and their f-gram tags from the data."""
-    stop = start + rows * length
-    ids_BL = torch.from_numpy(data.shards.train_N[start:stop].astype(np.int64)).view(rows, length)
-    tags_N = data.features("train")[FEATURE][start:stop]
-    return ids_BL, torch.from_numpy(tags_N.astype(np.int64)).view(rows, length)
-
-
-def _files(directory: Path) -> dict[str, bytes]:
-    return {
-        str(p.relative_to(directory)): p.read_bytes() for p in directory.rglob("*") if p.is_file()
-    }
+from tests.support.scone_models import (
+    CLOSE,
+    SETTINGS,
+    scone_data,
+    scone_decoder,
+    tagged_batch,
+    trained_decoder,
+)
 
 
 @pytest.fixture(scope="module")
@@ -88,27 +39,12 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def data(workspace: Path) -> TextDataModule:
-    return _data(workspace)
+    return scone_data(workspace)
 
 
 @pytest.fixture(scope="module")
 def trained(workspace: Path, data: TextDataModule) -> Decoder:
-    """A connected decoder with non-trivial weights everywhere (a stand-in for training)."""
-    decoder = _decoder(workspace / "v.npz")
-    decoder.input_embedding.connect(data)
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for param in decoder.parameters():
-            param.normal_(generator=generator)
-    return decoder.eval()
-
-
-@pytest.fixture(scope="module")
-def exported(workspace: Path, trained: Decoder) -> str:
-    (location,) = trained.input_embedding.export_tables(
-        str(workspace / "out"), to="zarr", token_embedding=trained.token_embedding, producer={}
-    )
-    return location
+    return trained_decoder(workspace, data)
 
 
 # 1. The f-gram model's output depends on the f-gram alone.
@@ -203,10 +139,10 @@ def test_training_counts_the_fgram_models_work_and_nothing_else(
 ):
     """``extra_training_flops``: 3 x 2 x the f-gram model's matrix weights per token through it,
     every token of every distinct f-gram of a training forward; none in eval or no-grad."""
-    decoder = _decoder(tmp_path / "v.npz")
+    decoder = scone_decoder(tmp_path / "v.npz")
     scone, token_embedding = decoder.input_embedding, decoder.token_embedding
     scone.connect(data)
-    ids_BL, tags_BL = _tagged_batch(data, start=0, rows=2, length=24)
+    ids_BL, tags_BL = tagged_batch(data, start=0, rows=2, length=24)
     plain_BLD = token_embedding(ids_BL)
     assert scone.extra_training_flops() == 0.0
     scone.train()
@@ -225,7 +161,7 @@ def test_training_counts_the_fgram_models_work_and_nothing_else(
 
 
 def test_forward_before_connect_is_refused(tmp_path: Path):
-    decoder = _decoder(tmp_path / "v.npz")
+    decoder = scone_decoder(tmp_path / "v.npz")
     with pytest.raises(RuntimeError, match=r"before connect"):
         decoder(torch.zeros(1, 4, dtype=torch.long))
 
@@ -235,7 +171,7 @@ def test_forward_before_connect_is_refused(tmp_path: Path):
 
 def test_connect_fits_and_saves_then_loads(tmp_path: Path, data: TextDataModule):
     vocab_path = tmp_path / "vocab" / "v.npz"
-    first = _decoder(vocab_path)
+    first = scone_decoder(vocab_path)
     first.input_embedding.connect(data)
     assert vocab_path.is_file()
     fitted = first.input_embedding.vocab
@@ -246,7 +182,7 @@ def test_connect_fits_and_saves_then_loads(tmp_path: Path, data: TextDataModule)
     assert FEATURE in data.features("val")
     mtime = os.stat(vocab_path).st_mtime_ns
 
-    second = _decoder(vocab_path)
+    second = scone_decoder(vocab_path)
     second.input_embedding.connect(data)
     assert os.stat(vocab_path).st_mtime_ns == mtime
     loaded = second.input_embedding.vocab
@@ -268,7 +204,7 @@ def test_connect_refuses_a_vocab_with_other_settings(
 ):
     vocab_path = workspace / "v.npz"  # fitted with SETTINGS by ``trained``
     mtime = os.stat(vocab_path).st_mtime_ns
-    decoder = _decoder(vocab_path, **{field: value})
+    decoder = scone_decoder(vocab_path, **{field: value})
     with pytest.raises(ValueError, match=re.escape(f"vocab_path={str(vocab_path)!r}")) as err:
         decoder.input_embedding.connect(data)
     assert f"{field}=" in str(err.value)
@@ -282,7 +218,7 @@ def test_connect_refuses_a_vocab_of_another_tokenizer(
     vocab.tokenizer_fingerprint = "bpe-2048-other"
     vocab_path = tmp_path / "other-tokenizer.npz"
     vocab.save(vocab_path)
-    decoder = _decoder(vocab_path)
+    decoder = scone_decoder(vocab_path)
     with pytest.raises(ValueError, match=re.escape(f"vocab_path={str(vocab_path)!r}")) as err:
         decoder.input_embedding.connect(data)
     assert "bpe-2048-other" in str(err.value)
@@ -315,98 +251,3 @@ def test_untagged_forward_equals_tagged_where_the_fgram_lies_within_the_row(
     tagged_BLD = scone(plain_BLD, ids_BL, token_embedding, {FEATURE: tags_BL})
     untagged_BLD = scone(plain_BLD, ids_BL, token_embedding, {})
     torch.testing.assert_close(untagged_BLD[within_BL], tagged_BLD[within_BL], **CLOSE)
-
-
-# 5. Cached inference: the exported table gives the f-gram model's logits on every tier.
-
-
-@pytest.mark.parametrize("tier", list(TIERS))
-@torch.no_grad()
-def test_exported_table_gives_the_fgram_models_logits(
-    tier: str, workspace: Path, data: TextDataModule, trained: Decoder, exported: str
-):
-    ids_BL, tags_BL = _tagged_batch(data, start=1000, rows=3, length=40)
-    assert (tags_BL >= 0).any() and (tags_BL < 0).any()
-    cached = _decoder(workspace / "v.npz", table=exported, tier=tier)
-    assert cached.input_embedding.fgram_model is None
-    cached.input_embedding.connect(data)
-    cached.load_state_dict(trained.state_dict())
-    cached.eval()
-    for features in ({FEATURE: tags_BL}, None):
-        torch.testing.assert_close(
-            cached.logits(cached(ids_BL, features)),
-            trained.logits(trained(ids_BL, features)),
-            rtol=1e-5,
-            atol=1e-6,
-        )
-
-
-# 6. A table from another vocabulary or another checkpoint is refused.
-
-
-def test_table_from_another_vocabulary_is_refused(
-    tmp_path: Path, data: TextDataModule, exported: str
-):
-    decoder = _decoder(tmp_path / "other.npz", table=exported, num_entries=400)
-    with pytest.raises(ValueError, match=r"another model: its vocab_hash"):
-        decoder.input_embedding.connect(data)
-
-
-@pytest.mark.parametrize("connect_first", [True, False], ids=["connect-load", "load-connect"])
-def test_table_from_another_checkpoint_is_refused(
-    workspace: Path, data: TextDataModule, trained: Decoder, exported: str, connect_first: bool
-):
-    state = trained.state_dict()
-    other = state["token_embedding.weight"] + 1.0
-    state["token_embedding.weight"] = state["head.weight"] = other  # tied: both keys
-    cached = _decoder(workspace / "v.npz", table=exported, tier="pinned")
-    if connect_first:
-        cached.input_embedding.connect(data)
-    cached.load_state_dict(state)
-    if not connect_first:
-        cached.input_embedding.connect(data)
-    ids_BL = torch.randint(0, 256, (1, 8))
-    with pytest.raises(ValueError, match=r"exported from another checkpoint"):
-        cached(ids_BL)
-    cached.load_state_dict(trained.state_dict())  # the matching weights: accepted again
-    cached(ids_BL)
-
-
-# 7. Export never replaces a destination; a table-mode model has nothing to export.
-
-
-@pytest.mark.parametrize("to", ["zarr", "pinned", "gpu"])
-def test_export_refuses_an_existing_destination(tmp_path: Path, trained: Decoder, to: str):
-    scone, token_embedding = trained.input_embedding, trained.token_embedding
-    (location,) = scone.export_tables(
-        str(tmp_path), to=to, token_embedding=token_embedding, producer={"run": "a"}
-    )
-    assert location == f"{tmp_path}/fgram_table"
-    before = _files(tmp_path)
-    with pytest.raises(ValueError, match=r"already exists"):
-        scone.export_tables(
-            str(tmp_path), to=to, token_embedding=token_embedding, producer={"run": "b"}
-        )
-    assert _files(tmp_path) == before
-
-
-def test_export_refuses_a_foreign_path_at_the_destination(tmp_path: Path, trained: Decoder):
-    (tmp_path / "fgram_table").mkdir()
-    (tmp_path / "fgram_table" / "notes.txt").write_text("keep me")
-    with pytest.raises(ValueError, match=r"already exists"):
-        trained.input_embedding.export_tables(
-            str(tmp_path), to="zarr", token_embedding=trained.token_embedding, producer={}
-        )
-    assert _files(tmp_path) == {"fgram_table/notes.txt": b"keep me"}
-
-
-def test_table_mode_has_nothing_to_export(
-    tmp_path: Path, workspace: Path, data: TextDataModule, exported: str
-):
-    cached = _decoder(workspace / "v.npz", table=exported)
-    cached.input_embedding.connect(data)
-    with pytest.raises(ValueError, match=r"none to export"):
-        cached.input_embedding.export_tables(
-            str(tmp_path), to="zarr", token_embedding=cached.token_embedding, producer={}
-        )
-    assert not any(tmp_path.iterdir())
