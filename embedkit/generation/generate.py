@@ -93,9 +93,9 @@ def generate(
     ended = [False] * len(prompts)
     for step in range(max_new_tokens):
         next_B = sampler(decoder.logits(hidden_BD), generator)
-        tokens = next_B.tolist()  # the step's one host sync: to stream the text and to stop
-        next_ids_B1 = torch.as_tensor(tokens, dtype=torch.long)[:, None]
-        for row, token in enumerate(tokens):
+        drawn = next_B.tolist()  # the step's one host sync: to stream the text and to stop
+        tokens = list(drawn)  # None where a row has ended
+        for row, token in enumerate(drawn):
             ended[row] = ended[row] or token == stop_id
             if ended[row]:
                 tokens[row] = None
@@ -107,8 +107,9 @@ def generate(
             break
         # The next tokens are known here, before the forward that reads them: their rows
         # start moving now, while the layers before their first use run.
-        plan = plan_lookups(decoder, next_ids_B1, history) if prefetch else None
+        if prefetch:
+            plan = plan_lookups(decoder, torch.as_tensor(drawn)[:, None], history)
         hidden_BD = decoder.decode(next_B[:, None], cache, plan=plan)[:, 0]
-        for row, token in enumerate(next_ids_B1[:, 0].tolist()):
+        for row, token in enumerate(drawn):  # ended rows are fed too: their ids come next
             history[row].append(token)
     return completions

@@ -38,7 +38,7 @@ def preceding_ids(history: Sequence[Sequence[int]], width: int) -> torch.Tensor:
     """The last ``width`` ids of every row of ``history`` [B, W], -1 before a row's start."""
     preceding_BW = torch.full((len(history), width), -1, dtype=torch.long)
     for row, ids in enumerate(history):
-        tail = list(ids)[-width:] if width else []
+        tail = list(ids[-width:]) if width else []  # slices the tail only: histories grow
         if tail:
             preceding_BW[row, width - len(tail) :] = torch.as_tensor(tail, dtype=torch.long)
     return preceding_BW
