@@ -7,7 +7,6 @@ Legend: B = batch rows.
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,12 +58,6 @@ def parameter_bytes(decoder: Decoder) -> int:
     return sum(p.numel() * p.element_size() for p in decoder.parameters())
 
 
-def _build(args: list[str]) -> LanguageModel:
-    with warnings.catch_warnings():  # sys.argv holds `bench decode`'s arguments: expected
-        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-        return build_connected(args)[1]
-
-
 def build_variants(
     name: str,
     configs: list[str],
@@ -76,7 +69,7 @@ def build_variants(
 ) -> tuple[list[Variant], dict]:
     """The variants of one run, on ``device`` and in eval mode, and its figures (recipes,
     parameter and table bytes). A model shorter than ``longest`` positions is refused."""
-    model = _build(config_args(configs))
+    _, model, _ = build_connected(config_args(configs))
     max_seq_len = model.decoder.max_seq_len
     if longest > max_seq_len:
         raise ValueError(
@@ -125,7 +118,7 @@ def tier_variants(
                 str(tables), to=tier, token_embedding=token_embedding, producer=producer
             )
         table_bytes[tier] = folder_bytes(tables)
-        reader = _build(
+        _, reader, _ = build_connected(
             [*config_args([*configs, overlay]), "--model.decoder.init_args.tables", str(tables)]
         )
         load_weights(reader, weights)

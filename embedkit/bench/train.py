@@ -13,7 +13,6 @@ import contextlib
 import os
 import statistics
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -97,9 +96,7 @@ def build_run(
     """Model, data and optimizer of ``configs`` as ``embedkit fit`` builds them (the optimizer
     for ``device``, as Lightning configures it after moving the model; left on the CPU), with
     ``num_batches`` training batches."""
-    with warnings.catch_warnings():  # sys.argv holds `bench train`'s arguments: expected
-        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-        cli, model, data = build_connected([*config_args(configs), *overrides])
+    cli, model, data = build_connected([*config_args(configs), *overrides])
     batches = _take(data.train_dataloader(), num_batches)
     # configure_optimizers reads the schedule's length from the trainer: the bench's steps.
     model.trainer = SimpleNamespace(estimated_stepping_batches=total_steps)

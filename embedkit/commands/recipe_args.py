@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal
 
@@ -105,7 +106,9 @@ def build_connected(args: Sequence[str], *, prepare: bool = True):
     from embedkit.cli import run_cli
     from embedkit.interfaces import DataConnected
 
-    cli = run_cli(list(args), run=False)
+    with warnings.catch_warnings():  # sys.argv holds the embedkit command's own arguments
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+        cli = run_cli(list(args), run=False)
     model, data = cli.model, cli.datamodule
     if prepare:
         data.prepare_data()
