@@ -142,6 +142,7 @@ def _decode_parser() -> ArgumentParser:
 
 def run(args: Namespace) -> None:
     """Run the chosen benchmark and write its report."""
+    command = "embedkit " + shlex.join(sys.argv[1:])  # recorded in every report
     if args.benchmark == "storage":
         from embedkit.bench.report import write_storage_report
         from embedkit.bench.storage import run_storage_bench
@@ -156,7 +157,6 @@ def run(args: Namespace) -> None:
             zarr_path=opts.zarr_path,
             repeats=opts.repeats,
         )
-        command = "embedkit " + shlex.join(sys.argv[1:])
         for path in write_storage_report(results, opts.output, command=command):
             print(f"wrote {path}")
     elif args.benchmark == "train":
@@ -173,7 +173,6 @@ def run(args: Namespace) -> None:
             seq_len=opts.seq_len,
             device=opts.device,
         )
-        command = "embedkit " + shlex.join(sys.argv[1:])
         paths = write_train_report(results, opts.output, name=opts.name, command=command)
         print(paths[1].read_text())
         for path in paths:
@@ -196,7 +195,6 @@ def run(args: Namespace) -> None:
             storage_recipes=opts.storage_recipes,
             work_dir=opts.work_dir,
         )
-        command = "embedkit " + shlex.join(sys.argv[1:])
         paths = write_decode_report(results, opts.output, name=opts.name, command=command)
         print(paths[1].read_text())
         for path in paths:
