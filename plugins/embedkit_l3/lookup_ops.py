@@ -18,14 +18,20 @@ from embedkit_l3.triton_lookup import (
     _backward_query,
     _backward_rows,
     _forward,
+    launches,
 )
 
 
-def _launch_options(keys_RD: torch.Tensor, values: torch.Tensor, rows_per_block: int) -> dict:
-    wide = max(keys_RD.shape[1], values.shape[1]) > 512
+def _launch_options(
+    kernel: str, keys_RD: torch.Tensor, values: torch.Tensor, dtype: torch.dtype
+) -> dict:
+    """Compile-time arguments and launch settings of ``kernel`` for these tables and products
+    in ``dtype``."""
+    width = max(keys_RD.shape[1], values.shape[1])
+    launch = launches(width, dtype.itemsize)[kernel]
     return dict(
-        D=keys_RD.shape[1], E=values.shape[1], BM=TILE_POSITIONS, BN=rows_per_block,
-        TIED=values is keys_RD, num_warps=4, num_stages=1 if wide else 2,
+        D=keys_RD.shape[1], E=values.shape[1], BM=TILE_POSITIONS, BN=launch.rows,
+        TIED=values is keys_RD, num_warps=launch.warps, num_stages=launch.stages,
     )  # fmt: skip
 
 
@@ -49,7 +55,7 @@ def token_lookup(
     wrap_triton(_forward)[(p.token_of_tile_S.shape[0],)](
         query_PD, p.order_P, keys_RD, values, out_PE, lse_P, scale,
         p.token_of_tile_S, p.tile_first_V, p.q_start_V, p.q_count_V, p.row_start_V,
-        p.row_count_V, **_launch_options(keys_RD, values, rows_per_block),
+        p.row_count_V, **_launch_options("forward", keys_RD, values, dtype),
     )  # fmt: skip
     return out_PE, lse_P
 
@@ -70,23 +76,24 @@ def token_lookup_backward(
     tied). Rows no position read get zero."""
     p = TritonPlan.from_tensors(plan, rows_per_block)
     values = keys_RD if values_RE is None else values_RE
-    options = _launch_options(keys_RD, values, rows_per_block)
     delta_P = torch.empty_like(lse_P)
     grad_query_PD = torch.empty_like(query_PD)
     wrap_triton(_backward_query)[(p.token_of_tile_S.shape[0],)](
         query_PD, p.order_P, keys_RD, values, out_PE, grad_PE, lse_P, delta_P, grad_query_PD,
         scale, p.token_of_tile_S, p.tile_first_V, p.q_start_V, p.q_count_V, p.row_start_V,
-        p.row_count_V, **options,
+        p.row_count_V, **_launch_options("query", keys_RD, values, grad_PE.dtype),
     )  # fmt: skip
-    # _backward_rows writes every row (zeros where no position read it).
+    # _backward_rows writes every row (zeros where no position read it); its row blocks are
+    # the plan's.
     grad_keys_RD = torch.empty(keys_RD.shape, dtype=torch.float32, device=keys_RD.device)
     tied = values_RE is None
+    rows_options = {**_launch_options("rows", keys_RD, values, grad_PE.dtype), "BN": rows_per_block}
     grad_values_RE = grad_keys_RD.new_empty((0,) if tied else tuple(values.shape))
     wrap_triton(_backward_rows)[(p.token_of_block_C.shape[0],)](
         query_PD, p.order_P, keys_RD, values, grad_PE, lse_P, delta_P, grad_keys_RD,
         grad_keys_RD if tied else grad_values_RE, scale,
         p.token_of_block_C, p.block_first_V, p.q_start_V, p.q_count_V, p.row_start_V,
-        p.row_count_V, **options,
+        p.row_count_V, **rows_options,
     )  # fmt: skip
     return grad_query_PD, grad_keys_RD, grad_values_RE
 

@@ -24,8 +24,35 @@ TILE_POSITIONS = 16  # BM: positions of one token per program
 
 
 def tile_rows(width: int) -> int:
-    """Rows per program (BN): 32, or 16 for rows wider than 512 (shared memory)."""
+    """Rows per block of the rows backward (BN), which the plan's work list is cut into: 32,
+    or 16 for rows wider than 512 (registers)."""
     return 32 if width <= 512 else 16
+
+
+@dataclass(frozen=True)
+class Launch:
+    """How one kernel is launched: rows per block (BN), warps and software-pipeline stages."""
+
+    rows: int
+    warps: int
+    stages: int
+
+
+# Measured on an H100 at 16,384 positions, bf16 products (docs/benchmarks/README.md). Per layer
+# at width 1024 the forward takes 0.50 ms with two stages against 6.2 ms with one, the rows
+# backward 1.2 ms with one stage against 13 ms with two (it spills), and the query backward
+# 0.71 ms with 32-row blocks and 8 warps against 1.19 ms with 16 rows, 4 warps and one stage.
+NARROW = {"forward": Launch(32, 4, 2), "query": Launch(32, 4, 2), "rows": Launch(32, 4, 2)}
+WIDE = {"forward": Launch(16, 4, 2), "query": Launch(32, 8, 2), "rows": Launch(16, 4, 1)}
+WIDE_FP32 = {kernel: Launch(16, 4, 1) for kernel in NARROW}  # fp32 products: shared memory
+
+
+def launches(width: int, itemsize: int) -> dict[str, Launch]:
+    """The launch of each kernel ("forward", "query", "rows") for rows ``width`` wide and
+    products of ``itemsize`` bytes (2: bf16 under autocast, 4: exact fp32)."""
+    if width <= 512:
+        return NARROW
+    return WIDE if itemsize <= 2 else WIDE_FP32
 
 
 @dataclass(frozen=True)
