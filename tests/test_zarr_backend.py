@@ -19,7 +19,7 @@ import zarr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from embedkit.backends import zarr_reader
+from embedkit.backends import zarr_reader, zarr_store
 from embedkit.backends.manifest import MANIFEST_NAME
 from embedkit.backends.zarr_format import JOURNAL_KEY, StoreFiles
 from embedkit.backends.zarr_store import ZarrBackend
@@ -82,6 +82,17 @@ def test_writes_then_reads_match_numpy(writes, rows, codec):
     rows_N = torch.tensor(rows, dtype=torch.int64)
     np.testing.assert_array_equal(backend.gather(rows_N).numpy(), reference_ND[rows])
     np.testing.assert_array_equal(backend.prefetch(rows_N).wait().numpy(), reference_ND[rows])
+
+
+@pytest.mark.parametrize("inline_rows", [0, 10_000])
+def test_prefetch_in_the_background_or_at_once_gives_the_rows(tmp_path, monkeypatch, inline_rows):
+    monkeypatch.setattr(zarr_store, "INLINE_PREFETCH_ROWS", inline_rows)
+    backend = _store(tmp_path / "t")
+    rows_N = torch.randint(0, NUM_ROWS, (300,), generator=torch.Generator().manual_seed(3))
+    handle = backend.prefetch(rows_N)
+    background = isinstance(handle, zarr_store.FutureRows)
+    assert background == (inline_rows < len(rows_N))
+    assert torch.equal(handle.wait(), backend.gather(rows_N))
 
 
 def test_parallel_reads_match(tmp_path, monkeypatch):

@@ -17,19 +17,9 @@ from embedkit.backends.manifest import TableManifest
 from embedkit.backends.raw_table import read_raw_table, save_raw_table
 from embedkit.backends.validation import check_block, check_rows
 from embedkit.dtypes import DTypeName, dtype_from_name
-from embedkit.interfaces import EmbeddingBackend, RowsHandle
+from embedkit.interfaces import EmbeddingBackend, ReadyRows, RowsHandle
 
 TIER = "gpu"
-
-
-class ReadyRows(RowsHandle):
-    """Rows already gathered (on-device gathers are asynchronous to the host anyway)."""
-
-    def __init__(self, rows_ND: torch.Tensor) -> None:
-        self._rows_ND = rows_ND
-
-    def wait(self) -> torch.Tensor:
-        return self._rows_ND
 
 
 class GPUBackend(nn.Module, EmbeddingBackend):

@@ -1,7 +1,7 @@
 """The interfaces every embedkit component implements (see docs/architecture.md)."""
 
 from embedkit.interfaces.auxiliary import AuxiliaryLosses, TrainingCost, TrainingMetrics
-from embedkit.interfaces.backend import EmbeddingBackend, RowsHandle, TableFactory
+from embedkit.interfaces.backend import EmbeddingBackend, ReadyRows, RowsHandle, TableFactory
 from embedkit.interfaces.data_connected import DataConnected
 from embedkit.interfaces.feed_forward import FeedForward
 from embedkit.interfaces.input_embedding import InputEmbedding
@@ -17,6 +17,7 @@ __all__ = [
     "FeedForward",
     "InputEmbedding",
     "PlannedLookups",
+    "ReadyRows",
     "Router",
     "Routes",
     "RowsHandle",

@@ -21,6 +21,17 @@ class RowsHandle(ABC):
         """Block the current stream (not the host) until the rows are ready; return [N, D]."""
 
 
+class ReadyRows(RowsHandle):
+    """Rows already gathered, or queued on the current stream (device work is asynchronous to
+    the host anyway)."""
+
+    def __init__(self, rows_ND: torch.Tensor) -> None:
+        self._rows_ND = rows_ND
+
+    def wait(self) -> torch.Tensor:
+        return self._rows_ND
+
+
 class EmbeddingBackend(metaclass=PluginInterface):
     """Storage of one lookup table: gather rows, prefetch them ahead of use, write them in bulk.
 
