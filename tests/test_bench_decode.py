@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from embedkit.bench import decode as bench_decode
 from embedkit.bench.decode import GREEDY, TIERS, decode
-from embedkit.bench.decode_variants import overlay_paths, table_parts, tier_variants
+from embedkit.bench.decode_variants import Variant, overlay_paths, table_parts, tier_variants
 from embedkit.cli import main
 from embedkit.commands.recipe_args import build_connected, config_args
 from embedkit.generation import generate
@@ -178,3 +179,22 @@ def test_work_dir_holding_a_run_is_refused(tmp_path, capsys):
              STORAGE, "--work_dir", str(tmp_path), "--output", str(tmp_path / "out")]
         )  # fmt: skip
     assert f"--work_dir='{tmp_path}' already holds 'dense'" in capsys.readouterr().err
+
+
+def test_each_round_starts_one_variant_later(monkeypatch):
+    timed: list[str] = []
+
+    def fake_decode(variant, rows, *, new_tokens, device):
+        if new_tokens == 3:  # the timed decode (warm-up decodes take 1 token)
+            timed.append(variant.tier)
+        return bench_decode.Decoded([[0]] * len(rows), prefill_s=0.1, step_s=[0.01, 0.01])
+
+    monkeypatch.setattr(bench_decode, "decode", fake_decode)
+    decoder = torch.nn.Module()
+    decoder.vocab_size = 8
+    variants = [Variant("run", tier, True, decoder) for tier in ("a", "b", "c")]
+    bench_decode._measure(
+        variants, batch_sizes=[1], prompt_len=2, new_tokens=3, warmup_tokens=1, rounds=4,
+        seed=0, device=CPU, log=lambda _msg: None,
+    )  # fmt: skip
+    assert timed == [*"abc", *"bca", *"cab", *"abc"]

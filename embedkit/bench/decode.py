@@ -220,7 +220,8 @@ def _measure(
     log: Callable[[str], None],
 ) -> dict[tuple[str, str, bool, int], list[Decoded]]:
     """Every round's timed decode of every variant at every batch size, by (run, tier,
-    prefetch, batch size)."""
+    prefetch, batch size). Each round starts one variant later in the list than the last, so
+    that no variant always runs first (right after another model) or last."""
     prompts = {
         (v.run, size): random_prompts(
             v.decoder.vocab_size, batch_size=size, prompt_len=prompt_len, seed=seed
@@ -230,8 +231,9 @@ def _measure(
     }
     measured: dict[tuple[str, str, bool, int], list[Decoded]] = {}
     for index in range(rounds):
+        shift = index % len(variants)
         for size in batch_sizes:
-            for variant in variants:
+            for variant in variants[shift:] + variants[:shift]:
                 rows = prompts[variant.run, size]
                 if warmup_tokens:
                     decode(variant, rows, new_tokens=warmup_tokens, device=device)
