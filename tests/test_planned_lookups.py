@@ -61,10 +61,11 @@ def _decoder(kind: str, workspace: Path, text: TextDataModule, **tables) -> Deco
     else:
         allocation = LZWAllocation(num_rows=2048, max_rows_per_token=64)
         l3 = partial(
-            L3Layer, before_layer=2, allocation=allocation,
-            allocation_path=str(workspace / "a.npz"), d_up=48, tie_kv=False, d_emb=24,
+            L3Layer, allocation=allocation, allocation_path=str(workspace / "a.npz"), d_up=48,
+            tie_kv=False, d_emb=24,
         )  # fmt: skip
-        parts = {"sublayers": [l3]}
+        # Two layers of one allocation: a step's pool is planned once, each reads its tables.
+        parts = {"sublayers": [partial(l3, before_layer=1), partial(l3, before_layer=2)]}
     decoder = Decoder(
         vocab_size=256, dim=32, num_layers=3, num_heads=4, max_seq_len=64,
         feed_forward=SwiGLU, **parts, **tables,
@@ -124,7 +125,7 @@ def _logits(
 def _planning_parts(decoder: Decoder) -> list:
     if decoder.input_embedding is not None:
         return [decoder.input_embedding]
-    return [decoder.sublayers["2"]]
+    return list(decoder.sublayers.values())
 
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

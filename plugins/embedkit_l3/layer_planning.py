@@ -9,6 +9,7 @@ positions, M = pooled rows.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
 from typing import TYPE_CHECKING
@@ -22,6 +23,11 @@ from embedkit_l3.token_attention import LookupPlan, plan_lookup
 
 if TYPE_CHECKING:
     from embedkit_l3.triton_lookup import TritonPlan
+
+
+# The last pools planned, by (allocation, device, width, ids): L³ layers that share an
+# allocation plan a decoding step's pool once and each fetch their own table's rows of it.
+_RECENT_POOLS: collections.deque = collections.deque(maxlen=4)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,10 +84,23 @@ class PlannedTables:
         return self._attend(hidden_BTD, planned.plan, keys_MD, values_ME)
 
     def _plan_pool(self, ids_P: torch.Tensor, device: torch.device) -> PlannedRows:
-        """Fetch the rows of the distinct tokens of ``ids_P``, token by token (the pool), and
-        plan the kernels over the pool: each position's token renumbered to its place among
-        the distinct ones, with the pool's CSR offsets; one copy to the device. The host part
-        is numpy (small arrays: torch's CPU ops cost more to call than to run)."""
+        """Fetch the rows of the distinct tokens of ``ids_P``, token by token (the pool), with
+        the kernels' plan over the pool (``_pool_plan``)."""
+        width = max(self.dim, self.d_emb)
+        key = (self.allocation.content_hash, device, width, ids_P.numpy().tobytes())
+        # Another layer of the same allocation may have planned these ids (plans are immutable).
+        pool = next((pool for recent, pool in _RECENT_POOLS if recent == key), None)
+        if pool is None:
+            pool = self._pool_plan(ids_P, device, width)
+            _RECENT_POOLS.append((key, pool))
+        plan, pool_rows_M = pool
+        return PlannedRows(plan, *self._prefetch(pool_rows_M))
+
+    def _pool_plan(self, ids_P: torch.Tensor, device: torch.device, width: int):
+        """The pool's rows (host) and the kernels' plan over it: each position's token
+        renumbered to its place among the distinct ones, with the pool's CSR offsets; one copy
+        to the device. The host part is numpy (small arrays: torch's CPU ops cost more to call
+        than to run)."""
         from embedkit_l3.triton_lookup import plan_triton
 
         offsets_V1 = self._host_offsets().numpy()
@@ -93,15 +112,12 @@ class PlannedTables:
         # Row j of the pool: its token's first row + its rank among that token's rows.
         token_M = np.repeat(np.arange(len(tokens_U)), rows_U)
         pool_rows_M = first_row_U[token_M] + np.arange(num_m) - pool_offsets_U1[token_M]
-        handles = self._prefetch(torch.from_numpy(pool_rows_M))
         packed = torch.from_numpy(np.concatenate((local_P.reshape(-1), pool_offsets_U1)))
         local_P, pool_offsets_U1 = packed.to(device, non_blocking=True).split(
             [ids_P.numel(), len(tokens_U) + 1]
         )
-        plan = plan_triton(
-            local_P, pool_offsets_U1, num_rows=num_m, width=max(self.dim, self.d_emb)
-        )
-        return PlannedRows(plan, *handles)
+        plan = plan_triton(local_P, pool_offsets_U1, num_rows=num_m, width=width)
+        return plan, torch.from_numpy(pool_rows_M)
 
     def _prefetch(self, rows_M: torch.Tensor) -> tuple[RowsHandle, RowsHandle | None]:
         keys = self.key_table.prefetch(rows_M)
