@@ -28,8 +28,10 @@ def version(package: str) -> str | None:
 
 
 def package_versions() -> dict[str, str | None]:
-    """Installed versions of the packages a run's numbers depend on (None: not installed)."""
-    return {name: version(name) for name in PACKAGES}
+    """Installed versions of the packages a run's numbers depend on (None: not installed);
+    torch's as it reports itself, with its build (e.g. ``2.11.0+cu130``), which the installed
+    distribution's metadata may leave out."""
+    return {name: version(name) for name in PACKAGES} | {"torch": torch.__version__}
 
 
 def git_state() -> dict[str, Any]:

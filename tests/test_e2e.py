@@ -17,6 +17,7 @@ from filelock import FileLock
 ROOT = Path(__file__).resolve().parents[1]
 TINY = sorted((ROOT / "recipes" / "tiny").glob("*.yaml"))
 SHORT = [
+    "--trainer.accelerator=cpu",  # fp32 on the CPU: tiers must agree exactly, GPU machine or not
     "--trainer.max_steps=6",
     "--trainer.val_check_interval=6",
     "--trainer.limit_val_batches=2",

@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DENSE = ROOT / "recipes" / "tiny" / "dense.yaml"
 # The tiny dense recipe cut down to seconds on a CPU: two validations of one batch.
 TINY = [
+    "--trainer.accelerator=cpu",  # the record of a CPU run, GPU machine or not
     "--trainer.max_steps=4",
     "--trainer.val_check_interval=2",
     "--trainer.limit_val_batches=1",

@@ -66,10 +66,12 @@ class PlannedTables:
             self._check_table_source()
         dtype = compute_dtype(hidden_BTD)
         device = hidden_BTD.device  # the rows of some tiers (Zarr on the CPU) land on the host
-        keys_MD = planned.keys.wait().to(device, non_blocking=True)
+        # Without blocking only towards CUDA: a copy to the host must be complete when read.
+        onto_cuda = device.type == "cuda"
+        keys_MD = planned.keys.wait().to(device, non_blocking=onto_cuda)
         values_ME = None if planned.values is None else planned.values.wait()
         if values_ME is not None:
-            values_ME = values_ME.to(device, non_blocking=True)
+            values_ME = values_ME.to(device, non_blocking=onto_cuda)
         if not isinstance(planned.plan, LookupPlan):  # a TritonPlan over the pool (CUDA)
             from embedkit_l3.lookup_ops import triton_token_attention
 

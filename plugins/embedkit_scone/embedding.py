@@ -248,8 +248,10 @@ class SconeEmbedding(InputEmbedding):
 
     def forward_planned(self, embedded_BTD: torch.Tensor, planned: PlannedFGrams) -> torch.Tensor:
         """The input vectors of the positions ``planned`` was made for, from their rows."""
-        matched_BT = planned.matched_BT.to(embedded_BTD.device, non_blocking=True)
-        rows_BTD = planned.rows.wait().to(embedded_BTD.device, non_blocking=True)
+        # Without blocking only towards CUDA: a copy to the host must be complete when read.
+        onto_cuda = embedded_BTD.device.type == "cuda"
+        matched_BT = planned.matched_BT.to(embedded_BTD.device, non_blocking=onto_cuda)
+        rows_BTD = planned.rows.wait().to(embedded_BTD.device, non_blocking=onto_cuda)
         rows_BTD = rows_BTD.to(embedded_BTD.dtype)
         return torch.where(matched_BT.unsqueeze(-1), rows_BTD.view_as(embedded_BTD), embedded_BTD)
 
