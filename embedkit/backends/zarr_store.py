@@ -198,12 +198,12 @@ class ZarrBackend(EmbeddingBackend):
         """Start reading ``rows_N`` in a background thread (a few rows of a local store: read
         at once); ``wait()`` gives them on ``device``, copied without blocking the host."""
         check_rows(rows_N, self.num_rows)
-        rows_N = rows_N.cpu().numpy().astype(np.int64)
-        if len(rows_N) <= INLINE_PREFETCH_ROWS and self._files.fs is None:
-            return ReadyRows(self._to_device(self._read(rows_N)))
+        host_rows_N = rows_N.cpu().numpy().astype(np.int64)
+        if len(host_rows_N) <= INLINE_PREFETCH_ROWS and self._files.fs is None:
+            return ReadyRows(self._to_device(self._read(host_rows_N)))
         if self._prefetcher is None:  # its own threads: a read fans out into the reader's pool
             self._prefetcher = ThreadPoolExecutor(2, thread_name_prefix="embedkit-zarr-prefetch")
-        future = self._prefetcher.submit(self._read, rows_N)
+        future = self._prefetcher.submit(self._read, host_rows_N)
         self._in_flight = [f for f in self._in_flight if not f.done()] + [future]
         return FutureRows(future, self._to_device)
 

@@ -45,6 +45,8 @@ class Launch:
 NARROW = {"forward": Launch(32, 4, 2), "query": Launch(32, 4, 2), "rows": Launch(32, 4, 2)}
 WIDE = {"forward": Launch(16, 4, 2), "query": Launch(32, 8, 2), "rows": Launch(16, 4, 1)}
 WIDE_FP32 = {kernel: Launch(16, 4, 1) for kernel in NARROW}  # fp32 products: shared memory
+# The rows backward's blocks are the plan's (``tile_rows``, made before the dtype is known):
+# its entries' ``rows`` repeat ``tile_rows`` for reading, and the launch takes the plan's.
 
 
 def launches(width: int, itemsize: int) -> dict[str, Launch]:
