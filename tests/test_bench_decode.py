@@ -184,8 +184,8 @@ def test_work_dir_holding_a_run_is_refused(tmp_path, capsys):
 def test_each_round_starts_one_variant_later(monkeypatch):
     timed: list[str] = []
 
-    def fake_decode(variant, rows, *, new_tokens, device):
-        if new_tokens == 3:  # the timed decode (warm-up decodes take 1 token)
+    def fake_decode(variant, rows, *, new_tokens, device, cuda_graphs):
+        if new_tokens == 3:  # full-length decodes (warm-up decodes take 1 token)
             timed.append(variant.tier)
         return bench_decode.Decoded([[0]] * len(rows), prefill_s=0.1, step_s=[0.01, 0.01])
 
@@ -197,4 +197,5 @@ def test_each_round_starts_one_variant_later(monkeypatch):
         variants, batch_sizes=[1], prompt_len=2, new_tokens=3, warmup_tokens=1, rounds=4,
         seed=0, device=CPU, log=lambda _msg: None,
     )  # fmt: skip
-    assert timed == [*"abc", *"bca", *"cab", *"abc"]
+    # One untimed pass over every variant (kernels, graphs), then the rounds.
+    assert timed == [*"abc", *"abc", *"bca", *"cab", *"abc"]

@@ -25,6 +25,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -93,7 +94,12 @@ def random_prompts(
 
 
 def decode(
-    variant: Variant, prompts: list[list[int]], *, new_tokens: int, device: torch.device
+    variant: Variant,
+    prompts: list[list[int]],
+    *,
+    new_tokens: int,
+    device: torch.device,
+    cuda_graphs: bool = False,
 ) -> Decoded:
     """A greedy decode of ``new_tokens`` tokens per prompt, timed from an idle device; each
     step ends with the loop's host sync, when ``on_tokens`` is called."""
@@ -108,6 +114,7 @@ def decode(
         stop_id=None,
         on_tokens=lambda _tokens: stamps.append(time.perf_counter()),
         prefetch=variant.prefetch,
+        cuda_graphs=cuda_graphs,
     )
     steps = np.diff(stamps).tolist()
     return Decoded(completions, prefill_s=stamps[0] - start, step_s=steps)
@@ -138,6 +145,7 @@ def run_decode_bench(
     seed: int,
     storage_recipes: str,
     work_dir: str | None,
+    cuda_graphs: bool | None = None,
 ) -> dict:
     """Build every run's variants, then ``rounds`` rounds over all of them at every batch
     size; the results as a dict (ratios against the same run's gpu tier)."""
@@ -155,6 +163,12 @@ def run_decode_bench(
                     "the runs' names (their tables are exported afresh)"
                 )
     target = pick_device(device)
+    graphs = target.type == "cuda" if cuda_graphs is None else cuda_graphs
+    if graphs and target.type != "cuda":
+        raise ValueError(
+            f"--cuda_graphs=true needs a CUDA device, but --device={device} decodes on "
+            f"{target}; valid: --cuda_graphs false, or --device cuda"
+        )
     longest = prompt_len + max(new_tokens, warmup_tokens)
     log = lambda msg: print(f"[bench decode] {msg}", flush=True)  # noqa: E731
 
@@ -174,6 +188,7 @@ def run_decode_bench(
         measured = _measure(
             variants, batch_sizes=batch_sizes, prompt_len=prompt_len, new_tokens=new_tokens,
             warmup_tokens=warmup_tokens, rounds=rounds, seed=seed, device=target, log=log,
+            cuda_graphs=graphs,
         )  # fmt: skip
     return {
         "device": device_name(target),
@@ -186,6 +201,7 @@ def run_decode_bench(
         "warmup_tokens": warmup_tokens,
         "rounds": rounds,
         "seed": seed,
+        "cuda_graphs": graphs,
         "runs": figures,
         "variants": [
             {
@@ -218,10 +234,13 @@ def _measure(
     seed: int,
     device: torch.device,
     log: Callable[[str], None],
+    cuda_graphs: bool = False,
 ) -> dict[tuple[str, str, bool, int], list[Decoded]]:
     """Every round's timed decode of every variant at every batch size, by (run, tier,
     prefetch, batch size). Each round starts one variant later in the list than the last, so
-    that no variant always runs first (right after another model) or last."""
+    that no variant always runs first (right after another model) or last. Before the rounds,
+    one untimed decode of every variant at every batch size compiles its kernels and
+    captures its graphs."""
     prompts = {
         (v.run, size): random_prompts(
             v.decoder.vocab_size, batch_size=size, prompt_len=prompt_len, seed=seed
@@ -229,6 +248,10 @@ def _measure(
         for v in variants
         for size in batch_sizes
     }
+    run = partial(decode, device=device, cuda_graphs=cuda_graphs)
+    for size in batch_sizes:
+        for variant in variants:
+            run(variant, prompts[variant.run, size], new_tokens=new_tokens)
     measured: dict[tuple[str, str, bool, int], list[Decoded]] = {}
     for index in range(rounds):
         shift = index % len(variants)
@@ -236,8 +259,8 @@ def _measure(
             for variant in variants[shift:] + variants[:shift]:
                 rows = prompts[variant.run, size]
                 if warmup_tokens:
-                    decode(variant, rows, new_tokens=warmup_tokens, device=device)
-                decoded = decode(variant, rows, new_tokens=new_tokens, device=device)
+                    run(variant, rows, new_tokens=warmup_tokens)
+                decoded = run(variant, rows, new_tokens=new_tokens)
                 key = (variant.run, variant.tier, variant.prefetch, size)
                 measured.setdefault(key, []).append(decoded)
                 rate = round_figures(decoded, size)["tokens_per_s"]

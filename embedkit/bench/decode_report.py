@@ -43,6 +43,12 @@ def _ratio(variant: dict) -> str:
 def decode_markdown(results: dict, command: str) -> str:
     """The report as Markdown: setup, command, the runs' sizes and one row per variant."""
     prefetch = "the decode loop's prefetch on and off"
+    steps = (
+        "Each step's decoder layers replay as CUDA graphs; the parts that read lookup tables "
+        "run eagerly between them, on every tier."
+        if results.get("cuda_graphs")
+        else "Steps run eagerly (no CUDA graphs)."
+    )
     lines = [
         "# Decode throughput by table tier",
         "",
@@ -54,7 +60,7 @@ def decode_markdown(results: dict, command: str) -> str:
         "first (batch x steps over their time); p50 / p99 are per-step latencies, prefill is "
         "from the call to the first token; all are medians over rounds. The ratio is to the "
         "same run's gpu tier at the same batch size (median of the rounds' ratios). Off-device "
-        f"tiers: {prefetch}.",
+        f"tiers: {prefetch}. {steps}",
         "",
         f"Command: `{command}`",
         "",

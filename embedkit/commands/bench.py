@@ -122,6 +122,13 @@ def _decode_parser() -> ArgumentParser:
     add_device_argument(decode, "Where to decode")
     decode.add_argument("--seed", type=int, default=0, help="Seed of the random prompts.")
     decode.add_argument(
+        "--cuda_graphs",
+        type=bool | None,
+        default=None,
+        help="Replay each step's decoder layers as CUDA graphs, the table parts running "
+        "between them, on every tier alike (default: on a CUDA device).",
+    )
+    decode.add_argument(
         "--storage_recipes",
         type=str,
         default="recipes/storage",
@@ -194,6 +201,7 @@ def run(args: Namespace) -> None:
             seed=opts.seed,
             storage_recipes=opts.storage_recipes,
             work_dir=opts.work_dir,
+            cuda_graphs=opts.cuda_graphs,
         )
         paths = write_decode_report(results, opts.output, name=opts.name, command=command)
         print(paths[1].read_text())

@@ -70,6 +70,12 @@ def build_parser() -> ArgumentParser:
         help="Read every table row when its part runs, instead of fetching the next tokens' "
         "rows as soon as they are sampled (planned lookups; to measure what they buy).",
     )
+    parser.add_argument(
+        "--cuda_graphs",
+        action="store_true",
+        help="Replay each step's decoder layers as CUDA graphs (a CUDA device; the parts that "
+        "read lookup tables run between them): far fewer launches per token.",
+    )
     return parser
 
 
@@ -122,6 +128,7 @@ def run(args: Namespace) -> None:
         generator=torch.Generator(device=device).manual_seed(args.seed),
         on_tokens=printer,
         prefetch=not args.no_prefetch,
+        cuda_graphs=args.cuda_graphs,
     )
     if printer is not None:
         printer.close()

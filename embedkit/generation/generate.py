@@ -17,6 +17,7 @@ import torch
 
 from embedkit.generation.lookup_plan import plan_lookups
 from embedkit.generation.sampling import Sampler
+from embedkit.generation.step_graphs import graphed_steps
 
 if TYPE_CHECKING:
     from embedkit.model.decoder import Decoder
@@ -58,6 +59,7 @@ def generate(
     generator: torch.Generator | None = None,
     on_tokens: TokensCallback | None = None,
     prefetch: bool = True,
+    cuda_graphs: bool = False,
 ) -> list[list[int]]:
     """The new tokens of every prompt (the stop id excluded).
 
@@ -74,6 +76,10 @@ def generate(
             routing start fetching their table rows (side stream or reader thread), hidden
             behind the layers before their first use (``lookup_plan``). ``False``: each part
             reads its rows when it runs (to measure what planning buys).
+        cuda_graphs: Replay the decoder layers of each step as CUDA graphs (``step_graphs``;
+            the model must be on a CUDA device): the parts that read lookup tables run
+            eagerly between them. Captured on the first call for a batch size and length,
+            then reused.
     """
     check_lengths(prompts, max_new_tokens=max_new_tokens, max_seq_len=decoder.max_seq_len)
     device = decoder.token_embedding.weight.device
@@ -81,18 +87,24 @@ def generate(
     ids_BT = torch.zeros(len(prompts), max(lengths), dtype=torch.long)
     for row, prompt in enumerate(prompts):
         ids_BT[row, : len(prompt)] = torch.as_tensor(prompt, dtype=torch.long)
-    cache = decoder.new_cache(batch_size=len(prompts), max_len=max(lengths) + max_new_tokens)
+    needed = max(lengths) + max_new_tokens
+    steps = None
+    if cuda_graphs:
+        steps = graphed_steps(decoder, batch_size=len(prompts), needed=needed)
+        cache = steps.cache
+    else:
+        cache = decoder.new_cache(batch_size=len(prompts), max_len=needed)
     history = [[] for _ in prompts]  # each row's ids before the new ones (host), for planning
     plan = plan_lookups(decoder, ids_BT, history) if prefetch else None
     ids_BT = ids_BT.to(device, non_blocking=True)
     hidden_BTD = decoder.decode(ids_BT, cache, lengths=lengths, plan=plan)
     history = [list(prompt) for prompt in prompts]
     last_B = torch.as_tensor(lengths).to(device, non_blocking=True) - 1
-    hidden_BD = hidden_BTD[torch.arange(len(prompts), device=device), last_B]
+    logits_BV = decoder.logits(hidden_BTD[torch.arange(len(prompts), device=device), last_B])
     completions: list[list[int]] = [[] for _ in prompts]
     ended = [False] * len(prompts)
     for step in range(max_new_tokens):
-        next_B = sampler(decoder.logits(hidden_BD), generator)
+        next_B = sampler(logits_BV, generator)
         drawn = next_B.tolist()  # the step's one host sync: to stream the text and to stop
         tokens = list(drawn)  # None where a row has ended
         for row, token in enumerate(drawn):
@@ -109,7 +121,10 @@ def generate(
         # start moving now, while the layers before their first use run.
         if prefetch:
             plan = plan_lookups(decoder, torch.as_tensor(drawn)[:, None], history)
-        hidden_BD = decoder.decode(next_B[:, None], cache, plan=plan)[:, 0]
+        if steps is not None:
+            logits_BV = steps.step(next_B[:, None], plan)
+        else:
+            logits_BV = decoder.logits(decoder.decode(next_B[:, None], cache, plan=plan)[:, 0])
         for row, token in enumerate(drawn):  # ended rows are fed too: their ids come next
             history[row].append(token)
     return completions

@@ -229,32 +229,11 @@ class Decoder(nn.Module):
         end = cache.max_length + T  # above every position of this call
         mask_B1TS = None
         if cache.max_length > 0:  # attend to the cached positions of the row, and causally
-            keys_S = torch.arange(end, device=ids_BT.device)
-            mask_B1TS = (keys_S <= positions_BT[:, :, None]).unsqueeze(1)
-        hidden_BTD = self.token_embedding(ids_BT)
-        planned_input = plan.of(INPUT_EMBEDDING) if plan is not None else None
-        if planned_input is not None:
-            hidden_BTD = self.input_embedding.forward_planned(hidden_BTD, planned_input)
-        elif self.input_embedding is not None:
-            # Per position, from its own id and (SCONE) the ids before it: run the window of
-            # preceding ids the part reads along with the new ones, keep the new positions.
-            num_preceding = getattr(self.input_embedding, "num_preceding_ids", 0)
-            window_BW = cache.preceding_ids(positions_BT, num_preceding)
-            ids_BWT = torch.cat((window_BW, ids_BT), dim=1)
-            embedded_BWTD = torch.cat(
-                (self.token_embedding(window_BW.clamp_min(0)), hidden_BTD), dim=1
-            )
-            hidden_BTD = self.input_embedding(embedded_BWTD, ids_BWT, self.token_embedding, {})
-            hidden_BTD = hidden_BTD[:, num_preceding:]
+            mask_B1TS = cached_positions_mask(positions_BT, end)
+        hidden_BTD = self.embed_new(ids_BT, cache, plan=plan, positions_BT=positions_BT)
         cache.write_ids(positions_BT, ids_BT)
         for index, layer in enumerate(self.layers):
-            if str(index) in self.sublayers:  # per position: L³ reads the new ids only
-                sublayer = self.sublayers[str(index)]
-                planned = plan.of(str(index)) if plan is not None else None
-                if planned is not None:
-                    hidden_BTD = sublayer.forward_planned(hidden_BTD, planned)
-                else:
-                    hidden_BTD = sublayer(hidden_BTD, ids_BT)
+            hidden_BTD = self.run_sublayer(index, hidden_BTD, ids_BT, plan)
             hidden_BTD = layer.decode(
                 hidden_BTD, cache.layer(index), positions_BT, mask_B1TS, end=end
             )
@@ -265,6 +244,50 @@ class Decoder(nn.Module):
         )
         cache.advance(advance_B, T if lengths is None else max(lengths))
         return self.norm(hidden_BTD)
+
+    def embed_new(
+        self,
+        ids_BT: torch.Tensor,
+        cache: KVCache,
+        *,
+        plan: LookupPlan | None = None,
+        positions_BT: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Input vectors [B, T, D] of new tokens ``ids_BT`` that continue the rows of
+        ``cache`` (``decode``'s first part; the ids are not yet written into the cache):
+        token embeddings, replaced by the input embedding's (from its planned rows, or from
+        the new ids and the ids before them in the cache). ``positions_BT``: the new
+        positions, when the caller has them."""
+        hidden_BTD = self.token_embedding(ids_BT)
+        planned_input = plan.of(INPUT_EMBEDDING) if plan is not None else None
+        if planned_input is not None:
+            return self.input_embedding.forward_planned(hidden_BTD, planned_input)
+        if self.input_embedding is None:
+            return hidden_BTD
+        # Per position, from its own id and (SCONE) the ids before it: run the window of
+        # preceding ids the part reads along with the new ones, keep the new positions.
+        if positions_BT is None:
+            positions_BT = cache.positions(ids_BT.shape[1])
+        num_preceding = getattr(self.input_embedding, "num_preceding_ids", 0)
+        window_BW = cache.preceding_ids(positions_BT, num_preceding)
+        ids_BWT = torch.cat((window_BW, ids_BT), dim=1)
+        embedded_BWTD = torch.cat((self.token_embedding(window_BW.clamp_min(0)), hidden_BTD), dim=1)
+        hidden_BTD = self.input_embedding(embedded_BWTD, ids_BWT, self.token_embedding, {})
+        return hidden_BTD[:, num_preceding:]
+
+    def run_sublayer(
+        self, index: int, hidden_BTD: torch.Tensor, ids_BT: torch.Tensor, plan: LookupPlan | None
+    ) -> torch.Tensor:
+        """The sublayer before layer ``index`` over new positions (from its planned rows when
+        ``plan`` has them); ``hidden_BTD`` itself where there is none. Sublayers are per
+        position: L³ reads the new ids only."""
+        if str(index) not in self.sublayers:
+            return hidden_BTD
+        sublayer = self.sublayers[str(index)]
+        planned = plan.of(str(index)) if plan is not None else None
+        if planned is not None:
+            return sublayer.forward_planned(hidden_BTD, planned)
+        return sublayer(hidden_BTD, ids_BT)
 
     def logits(self, hidden_BLD: torch.Tensor) -> torch.Tensor:
         """Output logits [B, L, V] from final hidden states."""
@@ -277,3 +300,10 @@ class Decoder(nn.Module):
             params.pop(id(self.token_embedding.weight), None)
             params.pop(id(self.head.weight), None)
         return sum(p.numel() for p in params.values())
+
+
+def cached_positions_mask(positions_BT: torch.Tensor, num_keys: int) -> torch.Tensor:
+    """Which of the first ``num_keys`` cache positions each new position reads [B, 1, T, S]:
+    its row's positions up to itself."""
+    keys_S = torch.arange(num_keys, device=positions_BT.device)
+    return (keys_S <= positions_BT[:, :, None]).unsqueeze(1)
