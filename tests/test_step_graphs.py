@@ -143,3 +143,35 @@ def test_generation_with_cuda_graphs_draws_the_same_tokens(kind, tier, data, tex
     assert got == want == again
     assert steps.graphed
     assert graphed_steps(decoder, batch_size=len(prompts), needed=20) is steps  # kept
+
+
+@cuda
+@pytest.mark.parametrize(("kind", "tier"), [("scone", "pinned"), ("scone", "zarr"), ("l3", "gpu"),
+                                            ("l3", "pinned"), ("l3", "zarr")])  # fmt: skip
+@torch.no_grad()
+def test_graphed_steps_never_wait_for_the_device(kind, tier, text, tmp_path):  # noqa: F811
+    """A graphed step with planned lookups (planning, the table parts, the replays) runs without
+    a host synchronisation: sampling's ``tolist`` stays the decode loop's only one."""
+    decoder = _reader(kind, tier, tmp_path, text).to("cuda")
+    rows = _sequences(text, NEW)
+    decoder(_prompts(rows).to("cuda"))  # checks the tables' source once
+    steps = DecodeSteps(decoder, batch_size=len(rows), max_len=max(PROMPT_LENGTHS) + NEW,
+                        graphs=True)  # fmt: skip
+    _step_logits(decoder, rows, steps=steps, planned=True)  # compiles the kernels
+    steps.reset()
+    prompts_BT = _prompts(rows)
+    decoder.decode(prompts_BT.cuda(), steps.cache, lengths=PROMPT_LENGTHS,
+                   plan=plan_lookups(decoder, prompts_BT, [[] for _ in rows]))  # fmt: skip
+    history = [rows[r][:n].tolist() for r, n in enumerate(PROMPT_LENGTHS)]
+    ids_BN = torch.stack([rows[r][n : n + NEW] for r, n in enumerate(PROMPT_LENGTHS)])
+    ids_on_device_BN = ids_BN.cuda()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for step in range(NEW):
+            plan = plan_lookups(decoder, ids_BN[:, step : step + 1], history)
+            steps.step(ids_on_device_BN[:, step : step + 1], plan)
+            for row in range(len(rows)):
+                history[row].append(int(ids_BN[row, step]))
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
