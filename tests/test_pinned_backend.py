@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from embedkit.backends.manifest import MANIFEST_NAME, read_manifest
-from embedkit.backends.pinned import TABLE_FILE, PinnedCPUBackend
+from embedkit.backends.pinned import SMALL_PREFETCH_BYTES, TABLE_FILE, PinnedCPUBackend
 from embedkit.dtypes import DTYPES
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -218,3 +218,16 @@ def test_write_waits_for_gathers_in_flight():
     expected_ND = _bits(values_RD.repeat(16, 1))
     assert torch.equal(_bits(handle.wait().cpu()), expected_ND)
     assert torch.equal(_bits(gathered_ND.cpu()), expected_ND)
+
+
+@needs_cuda
+@pytest.mark.parametrize("num_n", [1, 64, 65])  # 64 rows of 4 KiB: the CPU gather's limit
+def test_small_prefetch_is_gathered_by_the_cpu_and_kept_from_later_writes(num_n):
+    backend, values_RD = _filled(1024, 1024, "float32", device="cuda")
+    rows_N = torch.randint(0, 1024, (num_n,), generator=torch.Generator().manual_seed(4))
+    handle = backend.prefetch(rows_N)
+    assert (type(handle).__name__ == "ReadyRows") == (num_n * 1024 * 4 <= SMALL_PREFETCH_BYTES)
+    backend.write(0, torch.zeros(1024, 1024))  # the prefetched rows are those read before it
+    got_ND = handle.wait()
+    assert got_ND.device.type == "cuda"
+    assert torch.equal(_bits(got_ND.cpu()), _bits(values_RD[rows_N]))

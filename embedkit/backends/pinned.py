@@ -1,10 +1,13 @@
 """``PinnedCPUBackend``: a frozen table in page-locked host memory, read by the GPU directly.
 
 On CUDA, ``gather`` is a Triton kernel reading rows from host memory through UVA
-(``embedkit.backends.uva_gather``), and ``prefetch`` runs it on a side stream; without CUDA,
-``index_select`` (``prefetch`` in a background thread). Rows given on the host (the normal
-case) are validated (``IndexError``); rows already on the GPU are not, as that needs a host
-sync: the kernel yields a zero row for an out-of-range index and never reads outside the table.
+(``embedkit.backends.uva_gather``), and ``prefetch`` runs it on a side stream, except for a
+few rows given on the host (at most ``SMALL_PREFETCH_BYTES``: a decoding step's SCONE rows),
+which the CPU gathers into pinned memory for one asynchronous copy, as cheap for the host as a
+GPU table's gather; without CUDA, ``index_select`` (``prefetch`` in a background thread).
+Rows given on the host (the normal case) are validated (``IndexError``); rows already on the
+GPU are not, as that needs a host sync: the kernel yields a zero row for an out-of-range
+index and never reads outside the table.
 Stored as a directory: ``table.bin`` (raw row-major bytes) and the table manifest, written
 and read by ``embedkit.backends.raw_table``.
 
@@ -23,9 +26,12 @@ from embedkit.backends.raw_table import TABLE_FILE as TABLE_FILE  # re-exported:
 from embedkit.backends.raw_table import read_raw_table, save_raw_table
 from embedkit.backends.validation import check_block, check_rows, resolve_device
 from embedkit.dtypes import DTypeName, dtype_from_name
-from embedkit.interfaces import EmbeddingBackend, RowsHandle
+from embedkit.interfaces import EmbeddingBackend, ReadyRows, RowsHandle
 
 TIER = "pinned"
+# Host rows up to this many bytes are prefetched by a CPU gather and one copy: the kernel's
+# launch, side stream and event cost the host more than the gather itself.
+SMALL_PREFETCH_BYTES = 256 * 1024
 
 
 class StreamRows(RowsHandle):
@@ -129,7 +135,8 @@ class PinnedCPUBackend(EmbeddingBackend):
         return out
 
     def prefetch(self, rows_N: torch.Tensor) -> RowsHandle:
-        """Start the gather; on CUDA on a side stream, ordered before the caller's by ``wait``.
+        """Start the gather; on CUDA on a side stream, ordered before the caller's by ``wait``
+        (a few host rows: gathered now by the CPU, copied on the caller's stream).
 
         ``rows_N`` is copied before this returns, so the caller may reuse it at once.
         """
@@ -142,6 +149,10 @@ class PinnedCPUBackend(EmbeddingBackend):
                 torch.index_select, self._table_RD, 0, rows_copy_N
             )
             return ThreadRows(self._last_future)
+        if not rows_N.is_cuda and rows_N.numel() * self.dim * self.dtype.itemsize <= (
+            SMALL_PREFETCH_BYTES
+        ):
+            return ReadyRows(self._small_gather(rows_N))
         consumer = torch.cuda.current_stream(self._device)
         if self._side_stream is None:
             # High priority: the gather waits on PCIe, not on the SMs, so it should not queue
@@ -209,6 +220,15 @@ class PinnedCPUBackend(EmbeddingBackend):
 
         read_raw_table(location, tier=TIER, into=into, expected=expected)
         return backend
+
+    def _small_gather(self, rows_N: torch.Tensor) -> torch.Tensor:
+        """Host rows ``rows_N`` gathered by the CPU into pinned memory, then copied to the
+        device on the current stream without blocking (the pinned allocator keeps the buffer
+        until the copy has run)."""
+        check_rows(rows_N, self.num_rows)
+        staged_ND = torch.empty(rows_N.numel(), self.dim, dtype=self.dtype, pin_memory=True)
+        torch.index_select(self._table_RD, 0, rows_N.reshape(-1), out=staged_ND)
+        return staged_ND.to(self._device, non_blocking=True)
 
     def _rows_on_device(self, rows_N: torch.Tensor) -> torch.Tensor:
         if rows_N.is_cuda:
