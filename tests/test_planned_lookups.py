@@ -19,7 +19,12 @@ from embedkit.backends.zarr_store import ZarrBackend
 from embedkit.data.datamodule import TextDataModule
 from embedkit.data.tokenizers import ByteTokenizer
 from embedkit.generation import Sampler, generate
-from embedkit.generation.lookup_plan import INPUT_EMBEDDING, plan_lookups, preceding_ids
+from embedkit.generation.lookup_plan import (
+    INPUT_EMBEDDING,
+    LookupPlan,
+    plan_lookups,
+    preceding_ids,
+)
 from embedkit.model.decoder import Decoder
 from embedkit_dense.swiglu import SwiGLU
 from embedkit_l3.allocation import LZWAllocation
@@ -174,6 +179,21 @@ def test_parts_plan_only_rows_they_fetch(text, tmp_path):
     reader(ids_BT)
     plan = plan_lookups(reader, ids_BT, [[1, 2, 3]])
     assert plan is not None and plan.of(INPUT_EMBEDDING) is not None
+
+
+def test_deferred_parts_start_together_when_the_first_asks():
+    started = []
+
+    def start(part, rows):
+        return lambda: started.append(part) or rows
+
+    plan = LookupPlan({INPUT_EMBEDDING: "f-gram rows"})
+    plan.deferred = {"3": start("3", "rows of 3"), "5": start("5", None)}
+    assert plan.of(INPUT_EMBEDDING) == "f-gram rows" and started == []
+    assert plan.of("5") is None  # a part with nothing to fetch runs its plain forward
+    assert started == ["3", "5"] and plan.of("3") == "rows of 3"
+    plan.of("3")
+    assert started == ["3", "5"]  # each starts once
 
 
 def test_preceding_ids_pad_on_the_left():

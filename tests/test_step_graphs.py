@@ -37,10 +37,15 @@ def _prompts(rows: list[torch.Tensor]) -> torch.Tensor:
 
 
 def _step_logits(
-    decoder: Decoder, rows: list[torch.Tensor], *, steps: DecodeSteps | None, planned: bool
+    decoder: Decoder,
+    rows: list[torch.Tensor],
+    *,
+    steps: DecodeSteps | None,
+    planned: bool,
+    defer: bool = False,
 ) -> list[torch.Tensor]:
     """Logits [B, V] of every one-token step after the prompts' prefill: through ``steps``, or
-    the eager ``decode`` when ``None``."""
+    the eager ``decode`` when ``None``; ``defer``: the steps' sublayers plan when they run."""
     device = decoder.token_embedding.weight.device
     max_len = max(PROMPT_LENGTHS) + NEW
     cache = steps.cache if steps is not None else decoder.new_cache(batch_size=4, max_len=max_len)
@@ -52,7 +57,7 @@ def _step_logits(
     logits = []
     for step in range(NEW):
         ids_B1 = torch.stack([rows[r][n + step] for r, n in enumerate(PROMPT_LENGTHS)])[:, None]
-        plan = plan_lookups(decoder, ids_B1, history) if planned else None
+        plan = plan_lookups(decoder, ids_B1, history, defer_sublayers=defer) if planned else None
         if steps is None:
             logits_BV = decoder.logits(decoder.decode(ids_B1.to(device), cache, plan=plan)[:, 0])
         else:
@@ -67,10 +72,10 @@ def _check_steps(decoder: Decoder, rows, *, device: str, planned: bool = False) 
     steps = DecodeSteps(
         decoder, batch_size=len(rows), max_len=max(PROMPT_LENGTHS) + NEW, graphs=device == "cuda"
     )
-    for _ in range(2):  # the second decode reuses the steps (and their graphs) after a reset
+    for defer in (False, True):  # the second decode reuses the steps (and graphs) after a reset
         steps.reset()
         with full_fp32_matmuls():
-            fast = _step_logits(decoder, rows, steps=steps, planned=planned)
+            fast = _step_logits(decoder, rows, steps=steps, planned=planned, defer=defer)
             slow = _step_logits(decoder, rows, steps=None, planned=planned)
         for got, want in zip(fast, slow, strict=True):
             torch.testing.assert_close(got, want, **CLOSE[device])
@@ -169,9 +174,47 @@ def test_graphed_steps_never_wait_for_the_device(kind, tier, text, tmp_path):  #
     torch.cuda.set_sync_debug_mode("error")
     try:
         for step in range(NEW):
-            plan = plan_lookups(decoder, ids_BN[:, step : step + 1], history)
+            plan = plan_lookups(decoder, ids_BN[:, step : step + 1], history,
+                                defer_sublayers=step % 2 == 1)  # fmt: skip
             steps.step(ids_on_device_BN[:, step : step + 1], plan)
             for row in range(len(rows)):
                 history[row].append(int(ids_BN[row, step]))
     finally:
         torch.cuda.set_sync_debug_mode(0)
+
+
+@torch.no_grad()
+def test_deferred_sublayers_plan_once_the_layers_before_them_are_queued(text, tmp_path):  # noqa: F811
+    """With ``defer_sublayers`` a step queues the embedding and the layers before the first
+    sublayer, then plans every sublayer (in order), then runs them: the host's planning
+    overlaps those layers on a device. Without it, everything is planned first."""
+    decoder = _reader("l3", "pinned", tmp_path, text)  # sublayers before layers 1 and 2
+    rows = _sequences(text, NEW)
+    events = []
+    for index, sublayer in decoder.sublayers.items():
+        plan_rows, run = sublayer.plan_lookups, sublayer.forward_planned
+        sublayer.plan_lookups = _logged(events, f"plan {index}", plan_rows)
+        sublayer.forward_planned = _logged(events, f"run {index}", run)
+    for index, layer in enumerate(decoder.layers):
+        layer.decode = _logged(events, f"layer {index}", layer.decode)
+    steps = DecodeSteps(decoder, batch_size=len(rows), max_len=max(PROMPT_LENGTHS) + NEW,
+                        graphs=False)  # fmt: skip
+    history = [rows[r][:n].tolist() for r, n in enumerate(PROMPT_LENGTHS)]
+    ids_B1 = torch.stack([rows[r][n] for r, n in enumerate(PROMPT_LENGTHS)])[:, None]
+    for defer, want in (
+        (False, ["plan 1", "plan 2", "layer 0", "run 1", "layer 1", "run 2", "layer 2"]),
+        (True, ["layer 0", "plan 1", "plan 2", "run 1", "layer 1", "run 2", "layer 2"]),
+    ):
+        steps.reset()
+        decoder.decode(_prompts(rows), steps.cache, lengths=PROMPT_LENGTHS)
+        events.clear()
+        steps.step(ids_B1, plan_lookups(decoder, ids_B1, history, defer_sublayers=defer))
+        assert events == want, f"defer_sublayers={defer}"
+
+
+def _logged(events: list[str], name: str, function):
+    def logged(*args, **kwargs):
+        events.append(name)
+        return function(*args, **kwargs)
+
+    return logged

@@ -118,9 +118,12 @@ def generate(
         if all(ended) or step + 1 == max_new_tokens:
             break
         # The next tokens are known here, before the forward that reads them: their rows
-        # start moving now, while the layers before their first use run.
+        # start moving now, while the layers before their first use run. Graphed steps start
+        # the sublayers' fetches once the layers before them are queued (``lookup_plan``).
         if prefetch:
-            plan = plan_lookups(decoder, torch.as_tensor(drawn)[:, None], history)
+            plan = plan_lookups(
+                decoder, torch.as_tensor(drawn)[:, None], history, defer_sublayers=steps is not None
+            )
         if steps is not None:
             logits_BV = steps.step(next_B[:, None], plan)
         else:

@@ -3,13 +3,21 @@
 ``Decoder.decode`` hands each part what it fetched. Off-device tables (pinned CPU memory, Zarr)
 are then read while the layers before their first use run.
 
+Sublayers' fetches may be deferred (``defer_sublayers``): they start when the first of them
+asks for its rows, i.e. once the layers before it are queued. With CUDA-graphed steps the host
+is far ahead of the device, so its planning (pooling, staging, launches) then overlaps those
+layers instead of keeping the device idle after sampling's sync; the rows still move while the
+layers run. Eager steps keep the host busy launching those layers, so they start every fetch
+first.
+
 Legend: B = batch rows, T = new positions, W = preceding ids a part reads.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING
 
 import torch
@@ -22,16 +30,28 @@ if TYPE_CHECKING:
 INPUT_EMBEDDING = "input_embedding"  # the plan's key of the input embedding; sublayers: "3", ...
 
 
-@dataclass(frozen=True)
+@dataclass
 class LookupPlan:
     """The rows in flight for one ``Decoder.decode`` call, per part (``INPUT_EMBEDDING`` or a
-    sublayer's key, the index of the layer it runs before)."""
+    sublayer's key, the index of the layer it runs before); ``deferred``: parts whose fetch
+    starts, all together and in order of use, when the first of them asks for its rows."""
 
-    planned: Mapping[str, object]
+    planned: dict[str, object]
+    deferred: dict[str, Callable[[], object | None]] = field(default_factory=dict)
 
     def of(self, part: str) -> object | None:
         """What ``part`` fetched, or ``None`` (the part runs its plain forward)."""
+        if part in self.deferred:
+            self.start_deferred()
         return self.planned.get(part)
+
+    def start_deferred(self) -> None:
+        """Start the deferred parts' fetches now."""
+        starts, self.deferred = self.deferred, {}
+        for part, start in starts.items():
+            rows = start()
+            if rows is not None:
+                self.planned[part] = rows
 
 
 def preceding_ids(history: Sequence[Sequence[int]], width: int) -> torch.Tensor:
@@ -45,22 +65,34 @@ def preceding_ids(history: Sequence[Sequence[int]], width: int) -> torch.Tensor:
 
 
 def plan_lookups(
-    decoder: Decoder, ids_BT: torch.Tensor, history: Sequence[Sequence[int]]
+    decoder: Decoder,
+    ids_BT: torch.Tensor,
+    history: Sequence[Sequence[int]],
+    *,
+    defer_sublayers: bool = False,
 ) -> LookupPlan | None:
     """Start fetching the rows that ``decoder.decode(ids_BT, ...)`` will read, for new ids
     ``ids_BT`` (on the host) after each row's ``history`` (its ids so far, on the host; empty
-    lists for a prefill). ``None`` when no part has rows to fetch."""
+    lists for a prefill). ``None`` when no part has rows to fetch. ``defer_sublayers``: the
+    sublayers after the first layer start theirs when the first of them asks (for graphed
+    steps; see the module's docstring)."""
     ids_BT = ids_BT.cpu()
-    parts: dict[str, object] = {}
+    parts: dict[str, PlannedLookups] = {}
     if isinstance(decoder.input_embedding, PlannedLookups):
         width = getattr(decoder.input_embedding, "num_preceding_ids", 0)
         parts[INPUT_EMBEDDING] = decoder.input_embedding
     else:
         width = 0
-    parts |= {k: s for k, s in decoder.sublayers.items() if isinstance(s, PlannedLookups)}
+    sublayers = sorted(decoder.sublayers.items(), key=lambda item: int(item[0]))
+    parts |= {k: s for k, s in sublayers if isinstance(s, PlannedLookups)}
     if not parts:
         return None
     preceding_BW = preceding_ids(history, width)
-    planned = {name: part.plan_lookups(ids_BT, preceding_BW) for name, part in parts.items()}
-    planned = {name: rows for name, rows in planned.items() if rows is not None}
-    return LookupPlan(planned) if planned else None
+    plan = LookupPlan({})
+    for name, part in parts.items():
+        start = partial(part.plan_lookups, ids_BT, preceding_BW)
+        if defer_sublayers and name != INPUT_EMBEDDING and int(name) > 0:
+            plan.deferred[name] = start
+        elif (rows := start()) is not None:
+            plan.planned[name] = rows
+    return plan if plan.planned or plan.deferred else None
