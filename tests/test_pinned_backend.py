@@ -9,7 +9,12 @@ Legend: N = number of gathered rows, R = rows of the table, D = row width.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -170,6 +175,31 @@ def test_uva_gather_is_bit_exact(name, dim, num_n):
     out_ND = torch.full_like(expected_ND, float("nan"))
     backend.gather(rows_N.int(), out=out_ND)  # int32 rows, into a given buffer
     assert torch.equal(_bits(out_ND), _bits(expected_ND))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs Triton")
+def test_uva_gather_indexing_in_the_triton_interpreter():
+    """The kernel's indexing on the CPU (every word size, capped grids, rows out of range)."""
+    env = os.environ | {"TRITON_INTERPRET": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.support.interpreted_gather"],
+        env=env, cwd=Path(__file__).parents[1], capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "interpreted gathers: ok" in done.stdout
+
+
+@needs_cuda
+@pytest.mark.parametrize("max_programs", [1, 5, 264])
+@pytest.mark.parametrize("dim", [7, 1024, 4096])
+def test_uva_gather_with_a_capped_grid_is_bit_exact(name, dim, max_programs):
+    from embedkit.backends.uva_gather import gather_rows
+
+    backend, values_RD = _filled(1000, dim, name, device="cuda")
+    rows_N = torch.randint(0, 1000, (5000,), generator=torch.Generator().manual_seed(dim))
+    out_ND = torch.full((5000, dim), float("nan"), dtype=values_RD.dtype, device="cuda")
+    gather_rows(backend.host_table, rows_N.cuda(), out_ND, max_programs=max_programs)
+    assert torch.equal(_bits(out_ND.cpu()), _bits(values_RD[rows_N]))
 
 
 @needs_cuda

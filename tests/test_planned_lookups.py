@@ -137,14 +137,15 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=cuda)])
-@pytest.mark.parametrize("tier", ["pinned", "zarr"])
+@pytest.mark.parametrize("tier", ["gpu", "pinned", "zarr"])
 @pytest.mark.parametrize("kind", ["scone", "l3"])
 @torch.no_grad()
 def test_planned_decoding_equals_unplanned_and_reads_only_prefetched_rows(
     kind, tier, device, text, tmp_path, monkeypatch
 ):
-    """On CUDA, L³'s planned path runs the fused kernels over the prefetched rows, the
-    unplanned one gathers and runs the bucket path: they agree to fp32 rounding."""
+    """On CUDA, L³'s planned path runs the fused kernels over the prefetched rows (a pool of
+    the step's tokens' rows, on every tier), the unplanned one gathers and runs the bucket
+    path, or the kernels over whole GPU tables: they agree to fp32 rounding."""
     decoder = _reader(kind, tier, tmp_path, text).to(device)
     rows = _sequences(text, sum(STEPS))
     with full_fp32_matmuls():
@@ -154,6 +155,18 @@ def test_planned_decoding_equals_unplanned_and_reads_only_prefetched_rows(
         planned = _logits(decoder, rows, planned=True, device=device)
     for fast, slow in zip(planned, unplanned, strict=True):
         torch.testing.assert_close(fast, slow, **CLOSE[device])
+
+
+@cuda
+@torch.no_grad()
+def test_l3_tables_on_the_gpu_pool_a_few_positions_and_read_in_place_for_many(text, tmp_path):
+    from embedkit_l3.layer_planning import POOLED_POSITIONS
+
+    decoder = _reader("l3", "gpu", tmp_path, text).to("cuda")
+    few_BT = torch.randint(0, 256, (4, POOLED_POSITIONS // 4))
+    assert plan_lookups(decoder, few_BT, [[]] * 4) is not None
+    many_BT = torch.randint(0, 256, (4, POOLED_POSITIONS // 4 + 1))
+    assert plan_lookups(decoder, many_BT, [[]] * 4) is None
 
 
 @pytest.mark.parametrize("kind", ["scone", "l3"])
@@ -208,8 +221,9 @@ def test_preceding_ids_pad_on_the_left():
 @cuda
 @pytest.mark.parametrize(
     ("kind", "tier"),
-    [("scone", "gpu"), ("scone", "pinned"), ("scone", "zarr"), ("l3", "pinned"), ("l3", "zarr")],
-)  # L³ tables on the GPU plan nothing: their kernels' own test covers that path
+    [("scone", "gpu"), ("scone", "pinned"), ("scone", "zarr"), ("l3", "gpu"), ("l3", "pinned"),
+     ("l3", "zarr")],
+)  # fmt: skip
 @torch.no_grad()
 def test_planned_decoding_never_waits_for_the_device(kind, tier, text, tmp_path):
     """Planning and decoding steps run without a host synchronisation (sampling's ``tolist``

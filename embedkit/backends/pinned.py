@@ -1,7 +1,8 @@
 """``PinnedCPUBackend``: a frozen table in page-locked host memory, read by the GPU directly.
 
 On CUDA, ``gather`` is a Triton kernel reading rows from host memory through UVA
-(``embedkit.backends.uva_gather``), and ``prefetch`` runs it on a side stream, except for a
+(``embedkit.backends.uva_gather``), and ``prefetch`` runs it on a side stream with a grid of
+``PREFETCH_PROGRAMS_PER_SM`` programs per SM (it overlaps compute), except for a
 few rows given on the host (at most ``SMALL_PREFETCH_BYTES``: a decoding step's SCONE rows),
 which the CPU gathers into pinned memory for one asynchronous copy, as cheap for the host as a
 GPU table's gather; without CUDA, ``index_select`` (``prefetch`` in a background thread).
@@ -32,6 +33,11 @@ TIER = "pinned"
 # Host rows up to this many bytes are prefetched by a CPU gather and one copy: the kernel's
 # launch, side stream and event cost the host more than the gather itself.
 SMALL_PREFETCH_BYTES = 256 * 1024
+# A prefetch overlaps compute: its kernel runs at most this many programs per SM (each moving
+# several 4 KiB blocks), so that its loads, which wait on PCIe, leave most of every SM to the
+# kernels it overlaps. Two per SM keep ~1 MB in flight on an H100, ten times PCIe's
+# bandwidth-delay product.
+PREFETCH_PROGRAMS_PER_SM = 2
 
 
 class StreamRows(RowsHandle):
@@ -89,6 +95,7 @@ class PinnedCPUBackend(EmbeddingBackend):
         pin = torch.cuda.is_available()
         self._table_RD = torch.empty(num_rows, dim, dtype=dtype, pin_memory=pin)
         self._side_stream: torch.cuda.Stream | None = None
+        self._prefetch_programs: int | None = None  # set with the side stream
         self._executor: ThreadPoolExecutor | None = None
         self._last_future: Future | None = None
         self._gpu_reads = False
@@ -125,12 +132,21 @@ class PinnedCPUBackend(EmbeddingBackend):
         if self._device.type == "cpu":
             check_rows(rows_N, self.num_rows)
             return torch.index_select(self._table_RD, 0, rows_N.cpu(), out=out)
+        return self._gather_on_device(rows_N, out=out)
+
+    def _gather_on_device(
+        self,
+        rows_N: torch.Tensor,
+        *,
+        out: torch.Tensor | None = None,
+        max_programs: int | None = None,
+    ) -> torch.Tensor:
         from embedkit.backends.uva_gather import gather_rows
 
         rows_dev_N = self._rows_on_device(rows_N)
         if out is None:
             out = torch.empty(rows_N.numel(), self.dim, dtype=self.dtype, device=self._device)
-        gather_rows(self._table_RD, rows_dev_N, out)
+        gather_rows(self._table_RD, rows_dev_N, out, max_programs=max_programs)
         self._gpu_reads = True
         return out
 
@@ -158,11 +174,13 @@ class PinnedCPUBackend(EmbeddingBackend):
             # High priority: the gather waits on PCIe, not on the SMs, so it should not queue
             # behind the compute kernels it is meant to overlap.
             self._side_stream = torch.cuda.Stream(self._device, priority=-1)
+            sms = torch.cuda.get_device_properties(self._device).multi_processor_count
+            self._prefetch_programs = PREFETCH_PROGRAMS_PER_SM * sms
         side = self._side_stream
         if rows_N.is_cuda:
             side.wait_stream(consumer)  # rows_N was produced by work queued on the consumer
         with torch.cuda.stream(side):
-            rows_ND = self.gather(rows_N)
+            rows_ND = self._gather_on_device(rows_N, max_programs=self._prefetch_programs)
             ready = torch.cuda.Event()
             ready.record(side)
         if rows_N.is_cuda:

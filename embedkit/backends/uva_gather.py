@@ -19,6 +19,7 @@ W = row width in words.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from functools import cache
 
@@ -47,24 +48,26 @@ def _gather_kernel(
 ):
     # ROW_WORDS is a constant so that the compiler knows the alignment of every row start
     # (and so emits vector loads); a table has one width, so this compiles once per table.
-    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_w = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)
-    in_n = offs_n < num_n
-    rows = tl.load(rows_ptr + offs_n, mask=in_n, other=0).to(tl.int64)
-    # Never read outside the table: rows already on the GPU are not validated on the host
-    # (that would need a sync), so an out-of-range row yields a row of zeros instead.
-    valid_n = in_n & (rows >= 0) & (rows < num_r)
-    if ROW_WORDS % BLOCK_W == 0:
-        load_mask = valid_n[:, None]
-        store_mask = in_n[:, None]
-    else:
-        in_w = offs_w < ROW_WORDS
-        load_mask = valid_n[:, None] & in_w[None, :]
-        store_mask = in_n[:, None] & in_w[None, :]
-    src = table_ptr + rows[:, None] * ROW_WORDS + offs_w[None, :]
-    words = tl.load(src, mask=load_mask, other=0)
-    dst = out_ptr + offs_n.to(tl.int64)[:, None] * ROW_WORDS + offs_w[None, :]
-    tl.store(dst, words, mask=store_mask)
+    # A grid smaller than the blocks of rows (``max_programs``) strides over them.
+    for block_n in range(tl.program_id(0), tl.cdiv(num_n, BLOCK_N), tl.num_programs(0)):
+        offs_n = block_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        in_n = offs_n < num_n
+        rows = tl.load(rows_ptr + offs_n, mask=in_n, other=0).to(tl.int64)
+        # Never read outside the table: rows already on the GPU are not validated on the host
+        # (that would need a sync), so an out-of-range row yields a row of zeros instead.
+        valid_n = in_n & (rows >= 0) & (rows < num_r)
+        if ROW_WORDS % BLOCK_W == 0:
+            load_mask = valid_n[:, None]
+            store_mask = in_n[:, None]
+        else:
+            in_w = offs_w < ROW_WORDS
+            load_mask = valid_n[:, None] & in_w[None, :]
+            store_mask = in_n[:, None] & in_w[None, :]
+        src = table_ptr + rows[:, None] * ROW_WORDS + offs_w[None, :]
+        words = tl.load(src, mask=load_mask, other=0)
+        dst = out_ptr + offs_n.to(tl.int64)[:, None] * ROW_WORDS + offs_w[None, :]
+        tl.store(dst, words, mask=store_mask)
 
 
 @dataclass(frozen=True)
@@ -92,12 +95,20 @@ def plan_for(row_bytes: int) -> GatherPlan:
     return GatherPlan(word_dtype, row_words, block_n, block_w)
 
 
-def gather_rows(table_RD: torch.Tensor, rows_N: torch.Tensor, out_ND: torch.Tensor) -> None:
+def gather_rows(
+    table_RD: torch.Tensor,
+    rows_N: torch.Tensor,
+    out_ND: torch.Tensor,
+    *,
+    max_programs: int | None = None,
+) -> None:
     """Write ``table_RD[rows_N]`` into ``out_ND`` on the current stream of ``out_ND``'s device.
 
     ``table_RD`` is a contiguous pinned host tensor, ``rows_N`` a contiguous int64/int32 tensor
     and ``out_ND`` a contiguous [N, D] tensor of the table's dtype, both on the same CUDA
     device. Rows outside ``[0, R)`` produce zeros (callers validate host-side rows first).
+    ``max_programs``: at most this many programs along the rows, each then moving several
+    blocks of rows (``None``: one program per block).
     """
     assert table_RD.is_contiguous() and out_ND.is_contiguous() and rows_N.is_contiguous()
     assert out_ND.dtype == table_RD.dtype and out_ND.shape == (rows_N.numel(), table_RD.shape[1])
@@ -107,9 +118,14 @@ def gather_rows(table_RD: torch.Tensor, rows_N: torch.Tensor, out_ND: torch.Tens
     plan = plan_for(table_RD.shape[1] * table_RD.element_size())
     table_RW = table_RD.view(plan.word_dtype)
     out_NW = out_ND.view(plan.word_dtype)
-    grid = (triton.cdiv(num_n, plan.block_n), plan.num_w_blocks)
+    blocks_n = triton.cdiv(num_n, plan.block_n)
+    if max_programs is not None:
+        blocks_n = min(blocks_n, max(1, max_programs // plan.num_w_blocks))
+    grid = (blocks_n, plan.num_w_blocks)
     # Triton launches on the *current* device and stream: make the output's device current.
-    with torch.cuda.device(out_ND.device):
+    # (CPU tensors: Triton's interpreter, TRITON_INTERPRET=1, which the tests use.)
+    on_device = torch.cuda.device(out_ND.device) if out_ND.is_cuda else contextlib.nullcontext()
+    with on_device:
         _gather_kernel[grid](
             table_RW,
             rows_N,

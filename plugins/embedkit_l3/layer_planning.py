@@ -28,6 +28,10 @@ if TYPE_CHECKING:
 # The last pools planned, by (allocation, device, width, ids): L³ layers that share an
 # allocation plan a decoding step's pool once and each fetch their own table's rows of it.
 _RECENT_POOLS: collections.deque = collections.deque(maxlen=4)
+# Tables whole on the GPU: calls of at most this many positions read a pool of their tokens'
+# rows (gathered in GPU memory) rather than the whole table, whose plan and grids span every
+# token of the vocabulary (8,192 programs for one position).
+POOLED_POSITIONS = 256
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,13 +51,18 @@ class PlannedTables:
 
     def plan_lookups(self, ids_BT: torch.Tensor, preceding_BW: torch.Tensor) -> PlannedRows | None:
         """Start fetching the rows of tokens ``ids_BT`` (host); ``None`` when the tables are
-        whole on the compute device (the fused kernels read them in place)."""
+        whole on the compute device and more than ``POOLED_POSITIONS`` positions come (a
+        long prefill: the fused kernels read the tables in place, planned on the device over
+        every token of the vocabulary). Fewer positions, e.g. a decoding step, pool their rows
+        on every tier: that plan covers only their own tokens."""
         if not self._connected:
             raise RuntimeError("L3Layer is used before connect(datamodule) loaded its allocation")
         device = self.offsets_V1.device
         self._tables_follow(device)
         if self._use_kernels(device):
-            return None
+            if ids_BT.numel() > POOLED_POSITIONS:
+                return None
+            return self._plan_pool(ids_BT.reshape(-1).cpu(), device)
         ids_P = ids_BT.reshape(-1).cpu()
         if device.type == "cuda" and self.lookup != "buckets" and self._kernel_widths():
             return self._plan_pool(ids_P, device)
