@@ -9,13 +9,14 @@ Legend: D = key width, E = value width.
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs Triton")
+from tests.support.interpreter import needs_triton
+
+pytestmark = needs_triton
 
 MAX_LOCAL_BYTES = 256  # a few spilled registers; a spilled tile is kilobytes
 SM90_SHARED_BYTES = 232_448  # the most shared memory one block may use on an H100

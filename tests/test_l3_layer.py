@@ -27,6 +27,7 @@ from embedkit_dense.swiglu import SwiGLU
 from embedkit_l3.allocation import LZWAllocation
 from embedkit_l3.layer import L3Layer
 from embedkit_l3.token_attention import MAX_TILE_POSITIONS, plan_lookup, token_attention
+from tests.support.interpreter import needs_triton, run_interpreted
 
 TIERS = {
     "gpu": GPUBackend,
@@ -86,6 +87,13 @@ def test_sorted_lookup_matches_per_position_reference(tied: bool, seed: int):
     slow = torch.autograd.grad(slow_PE, inputs, grad_PE)
     for fast_grad, slow_grad in zip(fast, slow, strict=True):
         torch.testing.assert_close(fast_grad, slow_grad, rtol=1e-5, atol=1e-6)
+
+
+@needs_triton
+def test_triton_kernels_match_the_reference_in_the_interpreter():
+    """The three kernels' indexing and arithmetic on the CPU, values and gradients (what the
+    CUDA test below checks with the compiled kernels)."""
+    run_interpreted("tests.support.interpreted_lookup", "interpreted lookups: ok")
 
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="the kernels need CUDA")

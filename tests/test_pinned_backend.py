@@ -9,12 +9,7 @@ Legend: N = number of gathered rows, R = rows of the table, D = row width.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -23,6 +18,7 @@ from torch import nn
 from embedkit.backends.manifest import MANIFEST_NAME, read_manifest
 from embedkit.backends.pinned import SMALL_PREFETCH_BYTES, TABLE_FILE, PinnedCPUBackend
 from embedkit.dtypes import DTYPES
+from tests.support.interpreter import needs_triton, run_interpreted
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -177,16 +173,10 @@ def test_uva_gather_is_bit_exact(name, dim, num_n):
     assert torch.equal(_bits(out_ND), _bits(expected_ND))
 
 
-@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs Triton")
+@needs_triton
 def test_uva_gather_indexing_in_the_triton_interpreter():
     """The kernel's indexing on the CPU (every word size, capped grids, rows out of range)."""
-    env = os.environ | {"TRITON_INTERPRET": "1"}
-    done = subprocess.run(
-        [sys.executable, "-m", "tests.support.interpreted_gather"],
-        env=env, cwd=Path(__file__).parents[1], capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "interpreted gathers: ok" in done.stdout
+    run_interpreted("tests.support.interpreted_gather", "interpreted gathers: ok")
 
 
 @needs_cuda

@@ -243,7 +243,8 @@ def _backward_rows(
     offs_n = j * BN + tl.arange(0, BN)
     in_n = offs_n < nr
     rows = tl.load(row_start + u).to(tl.int64) + offs_n
-    read = in_n & (last > first)  # a token absent from the batch: no reads, zero gradient
+    # A token absent from the batch reads no rows and writes a zero gradient.
+    read = offs_n < tl.where(last > first, nr, 0)
     k = _load_rows(K, rows, D, read, DT)
     if TIED:  # noqa: SIM108 (a compile-time branch in Triton)
         v = k
