@@ -16,7 +16,9 @@ from typing import Any
 import lightning as L
 import torch
 
-PACKAGES = ("torch", "lightning", "torchmetrics", "jsonargparse", "numpy", "zarr", "tokenizers")
+PACKAGES = (
+    "torch", "triton", "lightning", "torchmetrics", "jsonargparse", "numpy", "zarr", "tokenizers",
+)  # fmt: skip
 
 
 def version(package: str) -> str | None:
@@ -104,3 +106,13 @@ def _cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def code_state() -> dict[str, Any]:
+    """Which code produced a result: embedkit's source hash, git commit and dirtiness, and the
+    versions of the packages its numbers depend on (a benchmark's record)."""
+    return {
+        "source_hash": source_hash(),
+        **git_state(),
+        "packages": {"python": platform.python_version(), **package_versions()},
+    }

@@ -17,6 +17,7 @@ from embedkit.bench.decode_variants import Variant, overlay_paths, table_parts, 
 from embedkit.cli import main
 from embedkit.commands.recipe_args import build_connected, config_args
 from embedkit.generation import generate
+from embedkit.run_environment import source_hash
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "recipes" / "tiny"
@@ -57,6 +58,8 @@ def test_bench_decode_writes_every_variant(tmp_path, monkeypatch, capsys):
     )  # fmt: skip
     results = json.loads((tmp_path / "out" / "tiny.json").read_text())
     assert results["command"].startswith("embedkit ")
+    assert results["code"]["source_hash"] == source_hash()  # which code the figures are of
+    assert {"torch", "triton"} <= results["code"]["packages"].keys()
     assert (results["tiers"], results["batch_sizes"], results["rounds"]) == (list(TIERS), [1, 2], 2)
     expected = [("dense", "gpu", True, size) for size in (1, 2)]
     for run in ("scone", "l3"):

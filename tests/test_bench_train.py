@@ -12,6 +12,7 @@ import pytest
 from embedkit.bench.train import parse_runs
 from embedkit.cli import main
 from embedkit.commands.info import describe
+from embedkit.run_environment import source_hash
 
 TINY = Path(__file__).resolve().parents[1] / "recipes" / "tiny"
 
@@ -28,6 +29,7 @@ def test_bench_train_writes_json_markdown_and_png(tmp_path, capsys):
     )  # fmt: skip
     results = json.loads((out / "tiny.json").read_text())
     assert results["command"].startswith("embedkit ")
+    assert results["code"]["source_hash"] == source_hash()
     assert results["baseline"] == "dense" and results["precision"] == "32-true"
     assert [r["name"] for r in results["runs"]] == ["dense", "table"]
     baseline, other = results["runs"]

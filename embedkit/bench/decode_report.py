@@ -3,10 +3,9 @@ file atomically (written beside it, then renamed)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from embedkit.bench.report import write_atomic
+from embedkit.bench.report import results_json, write_atomic
 
 MIB = 1 << 20
 TIER_COLOURS = {"gpu": "tab:blue", "pinned": "tab:orange", "zarr": "tab:green"}
@@ -19,7 +18,7 @@ def write_decode_report(
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     paths = [directory / f"{name}.{ext}" for ext in ("json", "md", "png")]
-    document = json.dumps({"command": command, **results}, indent=2) + "\n"
+    document = results_json(results, command=command)
     write_atomic(paths[0], lambda tmp: tmp.write_text(document))
     write_atomic(paths[1], lambda tmp: tmp.write_text(decode_markdown(results, command)))
     write_atomic(paths[2], lambda tmp: _plot(results, tmp))

@@ -7,6 +7,8 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from embedkit.run_environment import code_state
+
 
 def write_atomic(path: Path, write: Callable[[Path], object]) -> None:
     """Write ``path`` through ``write(tmp)`` into a temporary name beside it, then rename."""
@@ -18,12 +20,17 @@ def write_atomic(path: Path, write: Callable[[Path], object]) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def results_json(results: dict, *, command: str) -> str:
+    """A benchmark's JSON document: the command, which code ran (``code_state``), the results."""
+    return json.dumps({"command": command, "code": code_state(), **results}, indent=2) + "\n"
+
+
 def write_storage_report(results: dict, directory: str | Path, *, command: str) -> list[Path]:
     """``storage.json``, ``storage.md`` and ``storage.png`` in ``directory``; their paths."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     paths = [directory / f"storage.{ext}" for ext in ("json", "md", "png")]
-    paths[0].write_text(json.dumps({"command": command, **results}, indent=2) + "\n")
+    paths[0].write_text(results_json(results, command=command))
     paths[1].write_text(_markdown(results, command))
     _plot(results, paths[2])
     return paths
