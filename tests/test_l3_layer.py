@@ -52,6 +52,17 @@ def _reference(query_PD, ids_P, offsets_V1, keys_RD, values_RE, scale):
     return torch.stack(outputs)
 
 
+def _assert_matches(fast_PE, slow_PE, inputs, generator, **close) -> None:
+    """``fast_PE`` equals the reference ``slow_PE``, and so do their gradients to ``inputs``
+    under one random output gradient."""
+    torch.testing.assert_close(fast_PE, slow_PE, **close)
+    grad_PE = torch.randn(fast_PE.shape, generator=generator).to(fast_PE.device)
+    fast = torch.autograd.grad(fast_PE, inputs, grad_PE)
+    slow = torch.autograd.grad(slow_PE, inputs, grad_PE)
+    for fast_grad, slow_grad in zip(fast, slow, strict=True):
+        torch.testing.assert_close(fast_grad, slow_grad, **close)
+
+
 # 1. The bulk lookup equals the per-position reference, values and gradients.
 
 
@@ -79,14 +90,8 @@ def test_sorted_lookup_matches_per_position_reference(tied: bool, seed: int):
     values_ME = keys_MD if tied else values_RE[plan.pool_rows_M]
     fast_PE = token_attention(query_PD, plan, keys_MD, values_ME, scale=scale)
     slow_PE = _reference(query_PD, ids_P, offsets_V1, keys_RD, values_RE, scale)
-    torch.testing.assert_close(fast_PE, slow_PE, rtol=1e-5, atol=1e-6)
-
-    grad_PE = torch.randn(fast_PE.shape, generator=generator)
     inputs = [query_PD, keys_RD] if tied else [query_PD, keys_RD, values_RE]
-    fast = torch.autograd.grad(fast_PE, inputs, grad_PE)
-    slow = torch.autograd.grad(slow_PE, inputs, grad_PE)
-    for fast_grad, slow_grad in zip(fast, slow, strict=True):
-        torch.testing.assert_close(fast_grad, slow_grad, rtol=1e-5, atol=1e-6)
+    _assert_matches(fast_PE, slow_PE, inputs, generator, rtol=1e-5, atol=1e-6)
 
 
 @needs_triton
@@ -126,13 +131,8 @@ def test_triton_kernels_match_per_position_reference_values_and_gradients(tied: 
     # fp32 throughout; sums of 1024 products in another order differ in the last bits, which
     # the sharp softmax of wide random vectors magnifies to ~4e-5.
     close = {"rtol": 1e-5, "atol": 1e-5} if dim <= 64 else {"rtol": 1e-4, "atol": 1e-4}
-    torch.testing.assert_close(fast_PE, slow_PE, **close)
-    grad_PE = torch.randn(fast_PE.shape, generator=generator).cuda()
     inputs = [query_PD, keys_RD] if tied else [query_PD, keys_RD, values_RE]
-    fast = torch.autograd.grad(fast_PE, inputs, grad_PE)
-    slow = torch.autograd.grad(slow_PE, inputs, grad_PE)
-    for fast_grad, slow_grad in zip(fast, slow, strict=True):
-        torch.testing.assert_close(fast_grad, slow_grad, **close)
+    _assert_matches(fast_PE, slow_PE, inputs, generator, **close)
 
 
 @cuda

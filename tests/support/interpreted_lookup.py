@@ -19,7 +19,7 @@ import torch
 
 from embedkit_l3.lookup_ops import triton_token_attention
 from embedkit_l3.triton_lookup import plan_triton
-from tests.test_l3_layer import _offsets, _reference
+from tests.test_l3_layer import _assert_matches, _offsets, _reference
 
 NUM_V = 24
 NUM_P = 120
@@ -46,13 +46,8 @@ def check(tied: bool) -> None:
         query_PD, plan, keys_RD, None if tied else values_RE, scale=0.2, dtype=torch.float32
     )
     slow_PE = _reference(query_PD, ids_P, offsets_V1, keys_RD, values_RE, 0.2)
-    torch.testing.assert_close(fast_PE, slow_PE, rtol=1e-5, atol=1e-5)
-    grad_PE = torch.randn(fast_PE.shape, generator=generator)
     inputs = [query_PD, keys_RD] if tied else [query_PD, keys_RD, values_RE]
-    fast = torch.autograd.grad(fast_PE, inputs, grad_PE)
-    slow = torch.autograd.grad(slow_PE, inputs, grad_PE)
-    for fast_grad, slow_grad in zip(fast, slow, strict=True):
-        torch.testing.assert_close(fast_grad, slow_grad, rtol=1e-5, atol=1e-5)
+    _assert_matches(fast_PE, slow_PE, inputs, generator, rtol=1e-5, atol=1e-5)
 
 
 def main() -> None:
