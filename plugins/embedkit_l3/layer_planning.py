@@ -59,11 +59,9 @@ class PlannedTables:
             raise RuntimeError("L3Layer is used before connect(datamodule) loaded its allocation")
         device = self.offsets_V1.device
         self._tables_follow(device)
-        if self._use_kernels(device):
-            if ids_BT.numel() > POOLED_POSITIONS:
-                return None
-            return self._plan_pool(ids_BT.reshape(-1).cpu(), device)
         ids_P = ids_BT.reshape(-1).cpu()
+        if self._use_kernels(device):  # whole tables on the GPU
+            return None if ids_P.numel() > POOLED_POSITIONS else self._plan_pool(ids_P, device)
         if device.type == "cuda" and self.lookup != "buckets" and self._kernel_widths():
             return self._plan_pool(ids_P, device)
         plan = plan_lookup(ids_P, self._host_offsets(), max_rows=self._max_rows)
