@@ -109,10 +109,10 @@ def _cpu_name() -> str:
 
 
 def code_state() -> dict[str, Any]:
-    """Which code produced a result: embedkit's source hash, git commit and dirtiness, and the
-    versions of the packages its numbers depend on (a benchmark's record)."""
+    """Which code produced a result (a run's summary, a benchmark's record): ``embedkit`` (its
+    version, git commit and dirtiness, source hash) and ``packages`` (Python's version and
+    those of the packages its numbers depend on)."""
     return {
-        "source_hash": source_hash(),
-        **git_state(),
+        "embedkit": {"version": version("embedkit"), **git_state(), "source_hash": source_hash()},
         "packages": {"python": platform.python_version(), **package_versions()},
     }

@@ -14,7 +14,6 @@ import datetime
 import hashlib
 import json
 import os
-import platform
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,13 +29,7 @@ from embedkit.accounting import (
 from embedkit.data.shards import MANIFEST_FILE
 from embedkit.data.text import digest
 from embedkit.interfaces import EmbeddingBackend, VocabExtension
-from embedkit.run_environment import (
-    describe_device,
-    git_state,
-    package_versions,
-    source_hash,
-    version,
-)
+from embedkit.run_environment import code_state, describe_device
 
 if TYPE_CHECKING:
     from embedkit.data.datamodule import TextDataModule
@@ -70,12 +63,7 @@ class RunRecord(L.Callback):
             "run_dir": str(Path(trainer.log_dir).resolve()),
             "started_at": _now(),
             "finished_at": None,
-            "embedkit": {
-                "version": version("embedkit"),
-                **git_state(),
-                "source_hash": source_hash(),
-            },
-            "packages": {"python": platform.python_version(), **package_versions()},
+            **code_state(),
             "device": describe_device(trainer, pl_module.device),
             "data": describe_data(trainer.datamodule),
             "vocabularies": vocabulary_hashes(pl_module),

@@ -58,7 +58,7 @@ def test_bench_decode_writes_every_variant(tmp_path, monkeypatch, capsys):
     )  # fmt: skip
     results = json.loads((tmp_path / "out" / "tiny.json").read_text())
     assert results["command"].startswith("embedkit ")
-    assert results["code"]["source_hash"] == source_hash()  # which code the figures are of
+    assert results["code"]["embedkit"]["source_hash"] == source_hash()  # which code ran
     assert {"torch", "triton"} <= results["code"]["packages"].keys()
     assert (results["tiers"], results["batch_sizes"], results["rounds"]) == (list(TIERS), [1, 2], 2)
     expected = [("dense", "gpu", True, size) for size in (1, 2)]

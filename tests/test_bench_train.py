@@ -29,7 +29,7 @@ def test_bench_train_writes_json_markdown_and_png(tmp_path, capsys):
     )  # fmt: skip
     results = json.loads((out / "tiny.json").read_text())
     assert results["command"].startswith("embedkit ")
-    assert results["code"]["source_hash"] == source_hash()
+    assert results["code"]["embedkit"]["source_hash"] == source_hash()
     assert results["baseline"] == "dense" and results["precision"] == "32-true"
     assert [r["name"] for r in results["runs"]] == ["dense", "table"]
     baseline, other = results["runs"]
