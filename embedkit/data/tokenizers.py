@@ -112,7 +112,41 @@ class ByteTokenizer(Tokenizer):
         save_atomic(byte_identity_tokenizer(), Path(path))
 
 
-class BPETokenizer(Tokenizer):
+class HuggingFaceTokenizer(Tokenizer):
+    """A ``Tokenizer`` that is a Hugging Face ``tokenizers.Tokenizer`` (``hf_tokenizer``):
+    the ids, text, fingerprint and saved file all come from it."""
+
+    @property
+    @abstractmethod
+    def hf_tokenizer(self) -> hf.Tokenizer:
+        """The Hugging Face tokenizer."""
+
+    @property
+    def vocab_size(self) -> int:
+        return self.hf_tokenizer.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def eot_id(self) -> int | None:
+        return self.hf_tokenizer.token_to_id(END_OF_TEXT)
+
+    def encode(self, text: str) -> np.ndarray:
+        return encode_batch_fast(self.hf_tokenizer, [text])[0]
+
+    def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
+        return encode_batch_fast(self.hf_tokenizer, texts)
+
+    def decode(self, ids_N: np.ndarray | list[int]) -> str:
+        return self.hf_tokenizer.decode([int(i) for i in ids_N], skip_special_tokens=False)
+
+    @property
+    def fingerprint(self) -> str:
+        return hf_fingerprint(self.hf_tokenizer)
+
+    def save(self, path: str | Path) -> None:
+        save_atomic(self.hf_tokenizer, Path(path))
+
+
+class BPETokenizer(HuggingFaceTokenizer):
     """Byte-level BPE (GPT-2 style) trained with Hugging Face ``tokenizers`` on the training
     split, with an ``<|endoftext|>`` token (id 0) between documents.
 
@@ -189,32 +223,8 @@ class BPETokenizer(Tokenizer):
             )
         return self._tokenizer
 
-    @property
-    def vocab_size(self) -> int:
-        return self.hf_tokenizer.get_vocab_size(with_added_tokens=True)
 
-    @property
-    def eot_id(self) -> int | None:
-        return self.hf_tokenizer.token_to_id(END_OF_TEXT)
-
-    def encode(self, text: str) -> np.ndarray:
-        return encode_batch_fast(self.hf_tokenizer, [text])[0]
-
-    def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
-        return encode_batch_fast(self.hf_tokenizer, texts)
-
-    def decode(self, ids_N: np.ndarray | list[int]) -> str:
-        return self.hf_tokenizer.decode([int(i) for i in ids_N], skip_special_tokens=False)
-
-    @property
-    def fingerprint(self) -> str:
-        return hf_fingerprint(self.hf_tokenizer)
-
-    def save(self, path: str | Path) -> None:
-        save_atomic(self.hf_tokenizer, Path(path))
-
-
-class TokenizerFile(Tokenizer):
+class TokenizerFile(HuggingFaceTokenizer):
     """A Hugging Face ``tokenizer.json`` (e.g. one a run saved); ``<|endoftext|>``, if the
     vocabulary has it, separates documents."""
 
@@ -229,7 +239,7 @@ class TokenizerFile(Tokenizer):
                 f"data.tokenizer.path={path!r} does not exist; give a tokenizer.json file"
             )
         try:
-            self.hf_tokenizer = hf.Tokenizer.from_file(str(self.path))
+            self._tokenizer = hf.Tokenizer.from_file(str(self.path))
         except Exception as err:  # tokenizers raises a bare Exception on malformed files
             raise ValueError(
                 f"data.tokenizer.path={path!r} is not a valid tokenizer.json: {err}"
@@ -245,25 +255,6 @@ class TokenizerFile(Tokenizer):
         pass
 
     @property
-    def vocab_size(self) -> int:
-        return self.hf_tokenizer.get_vocab_size(with_added_tokens=True)
-
-    @property
-    def eot_id(self) -> int | None:
-        return self.hf_tokenizer.token_to_id(END_OF_TEXT)
-
-    def encode(self, text: str) -> np.ndarray:
-        return encode_batch_fast(self.hf_tokenizer, [text])[0]
-
-    def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
-        return encode_batch_fast(self.hf_tokenizer, texts)
-
-    def decode(self, ids_N: np.ndarray | list[int]) -> str:
-        return self.hf_tokenizer.decode([int(i) for i in ids_N], skip_special_tokens=False)
-
-    @property
-    def fingerprint(self) -> str:
-        return hf_fingerprint(self.hf_tokenizer)
-
-    def save(self, path: str | Path) -> None:
-        save_atomic(self.hf_tokenizer, Path(path))
+    def hf_tokenizer(self) -> hf.Tokenizer:
+        """The loaded Hugging Face tokenizer."""
+        return self._tokenizer
