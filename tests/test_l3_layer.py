@@ -27,7 +27,7 @@ from embedkit_dense.swiglu import SwiGLU
 from embedkit_l3.allocation import LZWAllocation
 from embedkit_l3.layer import L3Layer
 from embedkit_l3.token_attention import MAX_TILE_POSITIONS, plan_lookup, token_attention
-from tests.support.interpreter import needs_triton, run_interpreted
+from tests.support.interpreter import needs_triton_interpreter, run_interpreted
 
 TIERS = {
     "gpu": GPUBackend,
@@ -94,7 +94,7 @@ def test_sorted_lookup_matches_per_position_reference(tied: bool, seed: int):
     _assert_matches(fast_PE, slow_PE, inputs, generator, rtol=1e-5, atol=1e-6)
 
 
-@needs_triton
+@needs_triton_interpreter
 def test_triton_kernels_match_the_reference_in_the_interpreter():
     """The three kernels' indexing and arithmetic on the CPU, values and gradients (what the
     CUDA test below checks with the compiled kernels)."""

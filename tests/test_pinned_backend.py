@@ -18,7 +18,7 @@ from torch import nn
 from embedkit.backends.manifest import MANIFEST_NAME, read_manifest
 from embedkit.backends.pinned import SMALL_PREFETCH_BYTES, TABLE_FILE, PinnedCPUBackend
 from embedkit.dtypes import DTYPES
-from tests.support.interpreter import needs_triton, run_interpreted
+from tests.support.interpreter import needs_triton_interpreter, run_interpreted
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -173,7 +173,7 @@ def test_uva_gather_is_bit_exact(name, dim, num_n):
     assert torch.equal(_bits(out_ND), _bits(expected_ND))
 
 
-@needs_triton
+@needs_triton_interpreter
 def test_uva_gather_indexing_in_the_triton_interpreter():
     """The kernel's indexing on the CPU (every word size, capped grids, rows out of range)."""
     run_interpreted("tests.support.interpreted_gather", "interpreted gathers: ok")

@@ -65,9 +65,10 @@ def _decoder(kind: str, workspace: Path, text: TextDataModule, **tables) -> Deco
         }
     else:
         allocation = LZWAllocation(num_rows=2048, max_rows_per_token=64)
+        # d_emb=16: widths the fused kernels take (so CUDA runs them), and unlike dim=32.
         l3 = partial(
             L3Layer, allocation=allocation, allocation_path=str(workspace / "a.npz"), d_up=48,
-            tie_kv=False, d_emb=24,
+            tie_kv=False, d_emb=16,
         )  # fmt: skip
         # Two layers of one allocation: a step's pool is planned once, each reads its tables.
         parts = {"sublayers": [partial(l3, before_layer=1), partial(l3, before_layer=2)]}

@@ -4,6 +4,7 @@ process that has imported the kernels)."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import os
 import subprocess
@@ -13,6 +14,23 @@ from pathlib import Path
 import pytest
 
 needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs Triton")
+
+# Triton 3.6's interpreter cannot loop over tensor bounds (``range(tl.program_id(0), ...)``):
+# the kernels' loops need 3.7 or later there (the compiled kernels run on any supported one).
+INTERPRETER_MIN_VERSION = (3, 7)
+
+
+def _triton_version() -> tuple[int, ...] | None:
+    if importlib.util.find_spec("triton") is None:
+        return None
+    release = importlib.metadata.version("triton").split("+")[0].split(".")[:2]
+    return tuple(int(part) for part in release)
+
+
+needs_triton_interpreter = pytest.mark.skipif(
+    (_triton_version() or (0,)) < INTERPRETER_MIN_VERSION,
+    reason="needs Triton >= 3.7, whose interpreter loops over tensor bounds",
+)
 
 
 def run_interpreted(module: str, done: str) -> None:
