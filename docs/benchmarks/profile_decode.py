@@ -1,0 +1,55 @@
+"""Profile graphed decode steps of recipes/gpu/l3.yaml at batch 64, tables on the gpu and
+pinned tiers: mean step, the CUDA kernels by time, and every host-sync call.
+
+Run from the repository root on a CUDA machine (random weights, as `embedkit bench decode`):
+
+    python docs/benchmarks/profile_decode.py [PREFETCH_PROGRAMS_PER_SM]
+
+The optional argument overrides the pinned prefetch's programs per SM before the tables are
+built (10**6: one program per block of rows, the grid before session 7).
+"""
+
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+import embedkit.backends.pinned as pinned
+from embedkit.bench.decode import decode, random_prompts
+from embedkit.bench.decode_variants import build_variants, overlay_paths
+
+SYNCS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy")
+BATCH, PROMPT, NEW = 64, 32, 33
+
+
+def main() -> None:
+    if len(sys.argv) > 1:
+        pinned.PREFETCH_PROGRAMS_PER_SM = int(sys.argv[1])
+    device = torch.device("cuda")
+    overlays = overlay_paths("recipes/storage", ["gpu", "pinned"])
+    with tempfile.TemporaryDirectory() as work:
+        variants, _ = build_variants(
+            "l3", ["recipes/gpu/l3.yaml"], overlays=overlays, folder=Path(work) / "l3",
+            longest=PROMPT + NEW, device=device,
+        )  # fmt: skip
+        for variant in (v for v in variants if v.prefetch):
+            prompts = random_prompts(
+                variant.decoder.vocab_size, batch_size=BATCH, prompt_len=PROMPT, seed=0
+            )
+            for _ in range(2):  # compile, capture, then a warm run
+                decoded = decode(variant, prompts, new_tokens=NEW, device=device, cuda_graphs=True)
+            mean_ms = 1e3 * sum(decoded.step_s) / len(decoded.step_s)
+            print(f"== {variant.tier}: mean step {mean_ms:.3f} ms")
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                decode(variant, prompts, new_tokens=NEW, device=device, cuda_graphs=True)
+            events = prof.key_averages()
+            for event in events:
+                if event.key in SYNCS:
+                    print(f"  {event.key}: {event.count} calls over {NEW} tokens")
+            print(events.table(sort_by="cuda_time_total", row_limit=14, max_name_column_width=60))
+
+
+if __name__ == "__main__":
+    main()
