@@ -3,13 +3,15 @@ pinned tiers: mean step, the CUDA kernels by time, and every host-sync call.
 
 Run from the repository root on a CUDA machine (random weights, as `embedkit bench decode`):
 
-    python docs/benchmarks/profile_decode.py [PREFETCH_PROGRAMS_PER_SM]
+    python docs/benchmarks/profile_decode.py [--programs_per_sm N] [--trace DIR]
 
-The optional argument overrides the pinned prefetch's programs per SM before the tables are
-built (10**6: one program per block of rows, the grid before session 7).
+``--programs_per_sm`` overrides the pinned prefetch's ``PREFETCH_PROGRAMS_PER_SM`` before the
+tables are built (10**6: one program per block of rows, the grid before session 7);
+``--trace`` writes each tier's timeline as ``DIR/decode-<tier>.json`` (Chrome trace format:
+open it in Perfetto to see when the gathers run against the graphs' kernels).
 """
 
-import sys
+import argparse
 import tempfile
 from pathlib import Path
 
@@ -25,8 +27,12 @@ BATCH, PROMPT, NEW = 64, 32, 33
 
 
 def main() -> None:
-    if len(sys.argv) > 1:
-        pinned.PREFETCH_PROGRAMS_PER_SM = int(sys.argv[1])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--programs_per_sm", type=int, default=None)
+    parser.add_argument("--trace", type=Path, default=None)
+    args = parser.parse_args()
+    if args.programs_per_sm is not None:
+        pinned.PREFETCH_PROGRAMS_PER_SM = args.programs_per_sm
     device = torch.device("cuda")
     overlays = overlay_paths("recipes/storage", ["gpu", "pinned"])
     with tempfile.TemporaryDirectory() as work:
@@ -49,6 +55,9 @@ def main() -> None:
                 if event.key in SYNCS:
                     print(f"  {event.key}: {event.count} calls over {NEW} tokens")
             print(events.table(sort_by="cuda_time_total", row_limit=14, max_name_column_width=60))
+            if args.trace is not None:
+                args.trace.mkdir(parents=True, exist_ok=True)
+                prof.export_chrome_trace(str(args.trace / f"decode-{variant.tier}.json"))
 
 
 if __name__ == "__main__":
