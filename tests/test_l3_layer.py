@@ -27,7 +27,7 @@ from embedkit_dense.swiglu import SwiGLU
 from embedkit_l3.allocation import LZWAllocation
 from embedkit_l3.layer import L3Layer
 from embedkit_l3.token_attention import MAX_TILE_POSITIONS, plan_lookup, token_attention
-from tests.support.interpreter import needs_triton_interpreter, run_interpreted
+from tests.support.interpreter import needs_triton, needs_triton_interpreter, run_interpreted
 
 TIERS = {
     "gpu": GPUBackend,
@@ -99,6 +99,36 @@ def test_triton_kernels_match_the_reference_in_the_interpreter():
     """The three kernels' indexing and arithmetic on the CPU, values and gradients (what the
     CUDA test below checks with the compiled kernels)."""
     run_interpreted("tests.support.interpreted_lookup", "interpreted lookups: ok")
+
+
+@needs_triton
+@pytest.mark.parametrize("num_p", [1, 17, 64, 300])
+@pytest.mark.parametrize("width", [64, 1024])  # row blocks of 32 and of 16
+def test_host_planning_gives_the_device_plan(num_p: int, width: int):
+    """``plan_triton_host`` (numpy, a decoding step's pool) makes ``plan_triton``'s work lists,
+    value for value: tokens absent from the positions, tokens without rows, one token over
+    many position tiles."""
+    from embedkit_l3.triton_lookup import plan_triton, plan_triton_host
+
+    generator = np.random.default_rng(num_p)
+    rows_V = generator.integers(0, 70, 40)
+    rows_V[:3] = 512, 0, 33
+    offsets_V1 = np.concatenate(([0], np.cumsum(rows_V)))
+    ids_P = generator.integers(0, 30, num_p)  # tokens 30-39 absent
+    ids_P[: num_p // 2] = 0
+    generator.shuffle(ids_P)
+    num_r = int(offsets_V1[-1])
+    host = plan_triton_host(ids_P, offsets_V1, num_rows=num_r, width=width, device="cpu")
+    device = plan_triton(
+        torch.from_numpy(ids_P), torch.from_numpy(offsets_V1), num_rows=num_r, width=width
+    )
+    assert host.rows_per_block == device.rows_per_block
+    for name, got, expected in zip(
+        [f for f in vars(host) if f != "rows_per_block"], host.tensors(), device.tensors(),
+        strict=True,
+    ):  # fmt: skip
+        assert got.dtype == expected.dtype == torch.int64, name
+        assert torch.equal(got, expected), name
 
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="the kernels need CUDA")

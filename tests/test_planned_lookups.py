@@ -31,6 +31,7 @@ from embedkit_l3.allocation import LZWAllocation
 from embedkit_l3.layer import L3Layer
 from embedkit_scone.embedding import SconeEmbedding
 from embedkit_scone.vocab import FGramVocab
+from tests.support.interpreter import needs_triton
 from tests.test_generate import (
     CLOSE,
     PROMPT_LENGTHS,
@@ -156,6 +157,38 @@ def test_planned_decoding_equals_unplanned_and_reads_only_prefetched_rows(
         planned = _logits(decoder, rows, planned=True, device=device)
     for fast, slow in zip(planned, unplanned, strict=True):
         torch.testing.assert_close(fast, slow, **CLOSE[device])
+
+
+@needs_triton
+@pytest.mark.parametrize("tier", ["gpu", "pinned"])
+@torch.no_grad()
+def test_l3_pool_plan_gives_every_position_its_tokens_rows(tier, text, tmp_path):
+    """The kernels' plan over a step's pool (made on the host, as on CUDA; here on the CPU):
+    the positions of each pooled token share its id, and its stretch of the fetched keys and
+    values holds that token's rows of the tables."""
+    decoder = _reader("l3", tier, tmp_path, text)
+    layer = decoder.sublayers["1"]
+    ids_P = torch.randint(0, 256, (70,), generator=torch.Generator().manual_seed(3))
+    ids_P[:20] = ids_P[0]  # one token at many positions
+    planned = layer._plan_pool(ids_P, torch.device("cpu"))
+    plan, keys_MD, values_ME = planned.plan, planned.keys.wait(), planned.values.wait()
+    offsets_V1 = layer._host_offsets()
+    assert sorted(plan.order_P.tolist()) == list(range(len(ids_P)))
+    for start, count, first, rows in zip(
+        plan.q_start_V.tolist(), plan.q_count_V.tolist(), plan.row_start_V.tolist(),
+        plan.row_count_V.tolist(), strict=True,
+    ):  # fmt: skip
+        token_ids = ids_P[plan.order_P[start : start + count]].unique()
+        assert token_ids.numel() == 1
+        token = int(token_ids)
+        table_rows = torch.arange(int(offsets_V1[token]), int(offsets_V1[token + 1]))
+        assert rows == table_rows.numel()
+        torch.testing.assert_close(
+            keys_MD[first : first + rows], layer.key_table.gather(table_rows)
+        )
+        torch.testing.assert_close(
+            values_ME[first : first + rows], layer.value_table.gather(table_rows)
+        )
 
 
 @cuda

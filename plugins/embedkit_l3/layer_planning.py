@@ -4,7 +4,7 @@ runs, so their transfer from pinned CPU memory or a Zarr store hides behind the 
 before it (``before_layer`` >= 1 is what makes room for it).
 
 Legend: B = batch rows, T = new positions, D = model width, E = value width, P = B * T
-positions, M = pooled rows.
+positions, U = distinct tokens (the pool's), M = pooled rows.
 """
 
 from __future__ import annotations
@@ -94,24 +94,24 @@ class PlannedTables:
 
     def _plan_pool(self, ids_P: torch.Tensor, device: torch.device) -> PlannedRows:
         """Fetch the rows of the distinct tokens of ``ids_P``, token by token (the pool), with
-        the kernels' plan over the pool (``_pool_plan``)."""
+        the kernels' plan over the pool. The fetch starts before the plan is sent."""
         width = max(self.dim, self.d_emb)
         key = (self.allocation.content_hash, device, width, ids_P.numpy().tobytes())
         # Another layer of the same allocation may have planned these ids (plans are immutable).
         pool = next((pool for recent, pool in _RECENT_POOLS if recent == key), None)
-        if pool is None:
-            pool = self._pool_plan(ids_P, device, width)
-            _RECENT_POOLS.append((key, pool))
-        plan, pool_rows_M = pool
-        return PlannedRows(plan, *self._prefetch(pool_rows_M))
+        if pool is not None:
+            plan, pool_rows_M = pool
+            return PlannedRows(plan, *self._prefetch(pool_rows_M))
+        local_P, pool_offsets_U1, pool_rows_M = self._host_pool(ids_P)
+        fetched = self._prefetch(pool_rows_M)
+        plan = _pool_plan(local_P, pool_offsets_U1, width=width, device=device)
+        _RECENT_POOLS.append((key, (plan, pool_rows_M)))
+        return PlannedRows(plan, *fetched)
 
-    def _pool_plan(self, ids_P: torch.Tensor, device: torch.device, width: int):
-        """The pool's rows (host) and the kernels' plan over it: each position's token
-        renumbered to its place among the distinct ones, with the pool's CSR offsets; one copy
-        to the device. The host part is numpy (small arrays: torch's CPU ops cost more to call
-        than to run)."""
-        from embedkit_l3.triton_lookup import plan_triton
-
+    def _host_pool(self, ids_P: torch.Tensor) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+        """The pool of ``ids_P``, on the host: each position's token renumbered to its place
+        among the distinct ones, the pool's CSR offsets, and its rows in the tables. Numpy:
+        small arrays, which torch's CPU ops cost more to call than to run."""
         offsets_V1 = self._host_offsets().numpy()
         tokens_U, local_P = np.unique(ids_P.numpy(), return_inverse=True)
         first_row_U = offsets_V1[tokens_U]
@@ -121,12 +121,7 @@ class PlannedTables:
         # Row j of the pool: its token's first row + its rank among that token's rows.
         token_M = np.repeat(np.arange(len(tokens_U)), rows_U)
         pool_rows_M = first_row_U[token_M] + np.arange(num_m) - pool_offsets_U1[token_M]
-        packed = torch.from_numpy(np.concatenate((local_P.reshape(-1), pool_offsets_U1)))
-        local_P, pool_offsets_U1 = packed.to(device, non_blocking=True).split(
-            [ids_P.numel(), len(tokens_U) + 1]
-        )
-        plan = plan_triton(local_P, pool_offsets_U1, num_rows=num_m, width=width)
-        return plan, torch.from_numpy(pool_rows_M)
+        return local_P.reshape(-1), pool_offsets_U1, torch.from_numpy(pool_rows_M)
 
     def _prefetch(self, rows_M: torch.Tensor) -> tuple[RowsHandle, RowsHandle | None]:
         keys = self.key_table.prefetch(rows_M)
@@ -146,6 +141,16 @@ class PlannedTables:
             cached = (key, self.offsets_V1.cpu())
             self._offsets_host = cached
         return cached[1]
+
+
+def _pool_plan(
+    local_P: np.ndarray, pool_offsets_U1: np.ndarray, *, width: int, device: torch.device
+) -> TritonPlan:
+    """The kernels' plan over a pool, made on the host and sent in one copy."""
+    from embedkit_l3.triton_lookup import plan_triton_host
+
+    num_m = int(pool_offsets_U1[-1])
+    return plan_triton_host(local_P, pool_offsets_U1, num_rows=num_m, width=width, device=device)
 
 
 def _plan_on(plan: LookupPlan, device: torch.device) -> LookupPlan:

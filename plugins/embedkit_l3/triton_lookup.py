@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+import numpy as np
 import torch
 import triton
 import triton.language as tl
@@ -122,6 +123,38 @@ def plan_triton(
         token_of_block_C=torch.searchsorted(block_first_V, steps_C, right=True) - 1,
         rows_per_block=block_rows,
     )
+
+
+def plan_triton_host(
+    ids_P: np.ndarray, offsets_V1: np.ndarray, *, num_rows: int, width: int, device: torch.device
+) -> TritonPlan:
+    """``plan_triton``'s plan computed on the host (numpy) and sent to ``device`` in one copy:
+    for small plans, such as a decoding step's pool, where the device version's twenty-odd
+    launches cost the host more than the arithmetic. The same work lists, value for value."""
+    block_rows = tile_rows(width)
+    num_v = offsets_V1.size - 1
+    counts_V = np.bincount(ids_P, minlength=num_v)
+    rows_V = np.diff(offsets_V1)
+    tiles_V = (counts_V + TILE_POSITIONS - 1) // TILE_POSITIONS
+    blocks_V = (rows_V + block_rows - 1) // block_rows
+    tile_first_V = np.cumsum(tiles_V) - tiles_V
+    block_first_V = np.cumsum(blocks_V) - blocks_V
+    steps_S = np.arange(-(-ids_P.size // TILE_POSITIONS) + num_v)
+    steps_C = np.arange(-(-num_rows // block_rows) + num_v)
+    lists = [
+        np.argsort(ids_P, kind="stable"),  # order_P
+        np.cumsum(counts_V) - counts_V,  # q_start_V
+        counts_V,
+        offsets_V1[:-1],  # row_start_V
+        rows_V,
+        tile_first_V,
+        np.searchsorted(tile_first_V, steps_S, side="right") - 1,  # token_of_tile_S
+        block_first_V,
+        np.searchsorted(block_first_V, steps_C, side="right") - 1,  # token_of_block_C
+    ]
+    packed = torch.from_numpy(np.concatenate([a.astype(np.int64, copy=False) for a in lists]))
+    tensors = packed.to(device, non_blocking=True).split([a.size for a in lists])
+    return TritonPlan.from_tensors(list(tensors), rows_per_block=block_rows)
 
 
 @triton.jit
