@@ -85,8 +85,13 @@ def test_bench_decode_writes_every_variant(tmp_path, monkeypatch, capsys):
         rounds = [mine / gpu_rate for mine, gpu_rate in pairs]  # the round's variants in turn
         assert v["ratio_to_gpu_rounds"] == pytest.approx(rounds)
         assert v["ratio_to_gpu"] == pytest.approx(statistics.median(rounds))
+        base_p50 = gpu[v["run"], v["batch_size"]]["p50_ms_rounds"]
+        pairs = zip(v["p50_ms_rounds"], base_p50, strict=True)
+        p50_rounds = [gpu_p50 / mine for mine, gpu_p50 in pairs]
+        assert v["p50_ratio_to_gpu_rounds"] == pytest.approx(p50_rounds)
+        assert v["p50_ratio_to_gpu"] == pytest.approx(statistics.median(p50_rounds))
         if v["tier"] == "gpu":
-            assert v["ratio_to_gpu"] == 1.0
+            assert v["ratio_to_gpu"] == v["p50_ratio_to_gpu"] == 1.0
     markdown = (tmp_path / "out" / "tiny.md").read_text()
     assert "| l3 | zarr | off | 2 |" in markdown and "| dense | gpu | on | 1 |" in markdown
     assert (tmp_path / "out" / "tiny.png").read_bytes()[:4] == b"\x89PNG"

@@ -281,12 +281,25 @@ def summarise(rounds: list[Decoded], gpu_rounds: list[Decoded] | None, batch_siz
     summary["tokens_per_s_min"] = min(series["tokens_per_s"])
     summary["tokens_per_s_max"] = max(series["tokens_per_s"])
     summary |= {f"{field}_rounds": values for field, values in series.items()}
-    summary |= {"ratio_to_gpu": None, "ratio_to_gpu_rounds": None, "tokens_match_gpu": None}
+    summary |= dict.fromkeys(
+        ("ratio_to_gpu", "ratio_to_gpu_rounds", "p50_ratio_to_gpu", "p50_ratio_to_gpu_rounds")
+    )
+    summary["tokens_match_gpu"] = None
     if gpu_rounds is not None:
-        gpu_rates = [round_figures(decoded, batch_size)["tokens_per_s"] for decoded in gpu_rounds]
-        ratios = [mine / gpu for mine, gpu in zip(series["tokens_per_s"], gpu_rates, strict=True)]
+        gpu_figures = [round_figures(decoded, batch_size) for decoded in gpu_rounds]
+        ratios = [
+            mine / gpu["tokens_per_s"]
+            for mine, gpu in zip(series["tokens_per_s"], gpu_figures, strict=True)
+        ]
         summary["ratio_to_gpu"] = statistics.median(ratios)
         summary["ratio_to_gpu_rounds"] = ratios
+        # The same from the typical step (gpu's p50 over this one's): a stall of the machine
+        # in one round moves the mean rate but not the median step.
+        p50_ratios = [
+            gpu["p50_ms"] / mine for mine, gpu in zip(series["p50_ms"], gpu_figures, strict=True)
+        ]
+        summary["p50_ratio_to_gpu"] = statistics.median(p50_ratios)
+        summary["p50_ratio_to_gpu_rounds"] = p50_ratios
         summary["tokens_match_gpu"] = all(
             mine.completions == gpu.completions
             for mine, gpu in zip(rounds, gpu_rounds, strict=True)

@@ -32,11 +32,11 @@ def variant_label(variant: dict) -> str:
     return f"{variant['tier']} {'+' if variant['prefetch'] else '-'}prefetch"
 
 
-def _ratio(variant: dict) -> str:
-    ratios = variant["ratio_to_gpu_rounds"]
+def _ratio(variant: dict, field: str = "ratio_to_gpu") -> str:
+    ratios = variant.get(f"{field}_rounds")
     if ratios is None:
         return "n/a"
-    return f"{variant['ratio_to_gpu']:.3f}x ({min(ratios):.2f}-{max(ratios):.2f})"
+    return f"{variant[field]:.3f}x ({min(ratios):.2f}-{max(ratios):.2f})"
 
 
 def decode_markdown(results: dict, command: str) -> str:
@@ -58,7 +58,9 @@ def decode_markdown(results: dict, command: str) -> str:
         "variant in turn, all resident on the device. Tokens/s counts the tokens after the "
         "first (batch x steps over their time); p50 / p99 are per-step latencies, prefill is "
         "from the call to the first token; all are medians over rounds. The ratio is to the "
-        "same run's gpu tier at the same batch size (median of the rounds' ratios). Off-device "
+        "same run's gpu tier at the same batch size (median of the rounds' ratios); the p50 "
+        "ratio is the gpu tier's p50 step over the variant's, which one stalled round moves "
+        "less. Off-device "
         f"tiers: {prefetch}. {steps}",
         "",
         f"Command: `{command}`",
@@ -78,15 +80,16 @@ def decode_markdown(results: dict, command: str) -> str:
         )
     lines += [
         "",
-        "| run | tier | prefetch | batch | tokens/s | ratio to gpu | p50 ms | p99 ms | prefill ms "
-        "| same tokens as gpu |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---|",
+        "| run | tier | prefetch | batch | tokens/s | ratio to gpu | p50 ratio | p50 ms | p99 ms "
+        "| prefill ms | same tokens as gpu |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for v in results["variants"]:
         same = {None: "n/a", True: "yes", False: "**no**"}[v["tokens_match_gpu"]]
         lines.append(
             f"| {v['run']} | {v['tier']} | {'on' if v['prefetch'] else 'off'} "
             f"| {v['batch_size']} | {v['tokens_per_s']:,.0f} | {_ratio(v)} "
+            f"| {_ratio(v, 'p50_ratio_to_gpu')} "
             f"| {v['p50_ms']:.2f} | {v['p99_ms']:.2f} | {v['prefill_ms']:.1f} | {same} |"
         )
     return "\n".join(lines) + "\n"
