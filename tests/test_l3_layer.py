@@ -1,7 +1,8 @@
 """``L3Layer`` (L³): the sorted block-diagonal lookup equals a per-position reference in values
 and gradients, memory stays bounded for tokens with k rows, the layer starts as the identity,
 the allocation is fitted once and checked on reuse, and exported tables give the trained
-model's outputs on every storage tier while tables of another model are refused.
+model's outputs on every storage tier while tables of another model are refused (the Triton
+kernels: ``tests/test_l3_kernels.py``).
 
 Legend: B = batch rows, L = positions, D = model width, E = value width, P = B * L,
 V = token ids, R = table rows.
@@ -27,40 +28,13 @@ from embedkit_dense.swiglu import SwiGLU
 from embedkit_l3.allocation import LZWAllocation
 from embedkit_l3.layer import L3Layer
 from embedkit_l3.token_attention import MAX_TILE_POSITIONS, plan_lookup, token_attention
-from tests.support.interpreter import needs_triton, needs_triton_interpreter, run_interpreted
+from tests.support.l3_reference import assert_matches, offsets, reference
 
 TIERS = {
     "gpu": GPUBackend,
     "pinned": partial(PinnedCPUBackend, device="cpu"),
     "zarr": ZarrBackend,
 }
-
-
-def _offsets(rows_V: torch.Tensor) -> torch.Tensor:
-    offsets_V1 = torch.zeros(len(rows_V) + 1, dtype=torch.long)
-    offsets_V1[1:] = rows_V.cumsum(0)
-    return offsets_V1
-
-
-def _reference(query_PD, ids_P, offsets_V1, keys_RD, values_RE, scale):
-    """One position at a time: softmax over its token's rows, weighted sum of their values."""
-    outputs = []
-    for p, t in enumerate(ids_P.tolist()):
-        start, stop = int(offsets_V1[t]), int(offsets_V1[t + 1])
-        weights = torch.softmax(keys_RD[start:stop] @ query_PD[p] * scale, dim=0)
-        outputs.append(weights @ values_RE[start:stop])
-    return torch.stack(outputs)
-
-
-def _assert_matches(fast_PE, slow_PE, inputs, generator, **close) -> None:
-    """``fast_PE`` equals the reference ``slow_PE``, and so do their gradients to ``inputs``
-    under one random output gradient."""
-    torch.testing.assert_close(fast_PE, slow_PE, **close)
-    grad_PE = torch.randn(fast_PE.shape, generator=generator).to(fast_PE.device)
-    fast = torch.autograd.grad(fast_PE, inputs, grad_PE)
-    slow = torch.autograd.grad(slow_PE, inputs, grad_PE)
-    for fast_grad, slow_grad in zip(fast, slow, strict=True):
-        torch.testing.assert_close(fast_grad, slow_grad, **close)
 
 
 # 1. The bulk lookup equals the per-position reference, values and gradients.
@@ -74,7 +48,7 @@ def test_sorted_lookup_matches_per_position_reference(tied: bool, seed: int):
     width = dim if tied else 7
     rows_V = torch.randint(1, 70, (num_v,), generator=generator)
     rows_V[0], rows_V[1], rows_V[2] = 512, 1, 300  # k rows, a single row, between powers of 2
-    offsets_V1 = _offsets(rows_V)
+    offsets_V1 = offsets(rows_V)
     num_r = int(offsets_V1[-1])
     keys_RD = torch.randn(num_r, dim, generator=generator, requires_grad=True)
     values_RE = keys_RD if tied else torch.randn(num_r, width, generator=generator).requires_grad_()
@@ -89,113 +63,18 @@ def test_sorted_lookup_matches_per_position_reference(tied: bool, seed: int):
     keys_MD = keys_RD[plan.pool_rows_M]
     values_ME = keys_MD if tied else values_RE[plan.pool_rows_M]
     fast_PE = token_attention(query_PD, plan, keys_MD, values_ME, scale=scale)
-    slow_PE = _reference(query_PD, ids_P, offsets_V1, keys_RD, values_RE, scale)
+    slow_PE = reference(query_PD, ids_P, offsets_V1, keys_RD, values_RE, scale)
     inputs = [query_PD, keys_RD] if tied else [query_PD, keys_RD, values_RE]
-    _assert_matches(fast_PE, slow_PE, inputs, generator, rtol=1e-5, atol=1e-6)
-
-
-@needs_triton_interpreter
-def test_triton_kernels_match_the_reference_in_the_interpreter():
-    """The three kernels' indexing and arithmetic on the CPU, values and gradients (what the
-    CUDA test below checks with the compiled kernels)."""
-    run_interpreted("tests.support.interpreted_lookup", "interpreted lookups: ok")
-
-
-@needs_triton
-@pytest.mark.parametrize("num_p", [1, 17, 64, 300])
-@pytest.mark.parametrize("width", [64, 1024])  # row blocks of 32 and of 16
-def test_host_planning_gives_the_device_plan(num_p: int, width: int):
-    """``plan_triton_host`` (numpy, a decoding step's pool) makes ``plan_triton``'s work lists,
-    value for value: tokens absent from the positions, tokens without rows, one token over
-    many position tiles."""
-    from embedkit_l3.triton_lookup import plan_triton, plan_triton_host
-
-    generator = np.random.default_rng(num_p)
-    rows_V = generator.integers(0, 70, 40)
-    rows_V[:3] = 512, 0, 33
-    offsets_V1 = np.concatenate(([0], np.cumsum(rows_V)))
-    ids_P = generator.integers(0, 30, num_p)  # tokens 30-39 absent
-    ids_P[: num_p // 2] = 0
-    generator.shuffle(ids_P)
-    num_r = int(offsets_V1[-1])
-    host = plan_triton_host(ids_P, offsets_V1, num_rows=num_r, width=width, device="cpu")
-    device = plan_triton(
-        torch.from_numpy(ids_P), torch.from_numpy(offsets_V1), num_rows=num_r, width=width
-    )
-    assert host.rows_per_block == device.rows_per_block
-    for name, got, expected in zip(
-        [f for f in vars(host) if f != "rows_per_block"], host.tensors(), device.tensors(),
-        strict=True,
-    ):  # fmt: skip
-        assert got.dtype == expected.dtype == torch.int64, name
-        assert torch.equal(got, expected), name
+    assert_matches(fast_PE, slow_PE, inputs, generator, rtol=1e-5, atol=1e-6)
 
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="the kernels need CUDA")
 
 
-@cuda
-@pytest.mark.parametrize("dim", [32, 1024])
-@pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
-def test_triton_kernels_match_per_position_reference_values_and_gradients(tied: bool, dim: int):
-    from embedkit_l3.lookup_ops import triton_token_attention
-    from embedkit_l3.triton_lookup import plan_triton
-
-    generator = torch.Generator().manual_seed(1)
-    rows_V = torch.randint(1, 70, (40,), generator=generator)
-    rows_V[0], rows_V[1], rows_V[2] = 512, 1, 33  # k rows, one row, across row blocks
-    offsets_V1 = _offsets(rows_V).cuda()
-    num_r, width = int(offsets_V1[-1]), dim if tied else 16
-    keys_RD = torch.randn(num_r, dim, generator=generator).cuda().requires_grad_()
-    values_RE = keys_RD if tied else torch.randn(num_r, width, generator=generator).cuda()
-    values_RE.requires_grad_()
-    ids_P = torch.randint(0, 40, (300,), generator=generator)
-    ids_P[:140] = 0  # one token over many position tiles
-    ids_P = ids_P[torch.randperm(300, generator=generator)].cuda()
-    query_PD = torch.randn(300, dim, generator=generator).cuda().requires_grad_()
-    plan = plan_triton(ids_P, offsets_V1, num_rows=num_r, width=dim)
-    fast_PE = triton_token_attention(
-        query_PD, plan, keys_RD, None if tied else values_RE, scale=0.2, dtype=torch.float32
-    )
-    slow_PE = _reference(query_PD, ids_P, offsets_V1, keys_RD, values_RE, 0.2)
-    # fp32 throughout; sums of 1024 products in another order differ in the last bits, which
-    # the sharp softmax of wide random vectors magnifies to ~4e-5.
-    close = {"rtol": 1e-5, "atol": 1e-5} if dim <= 64 else {"rtol": 1e-4, "atol": 1e-4}
-    inputs = [query_PD, keys_RD] if tied else [query_PD, keys_RD, values_RE]
-    _assert_matches(fast_PE, slow_PE, inputs, generator, **close)
-
-
-@cuda
-def test_triton_lookup_never_waits_for_the_device():
-    from embedkit_l3.lookup_ops import triton_token_attention
-    from embedkit_l3.triton_lookup import plan_triton
-
-    ids_P = torch.randint(0, 100, (4096,), device="cuda")
-    offsets_V1 = _offsets(torch.randint(1, 50, (100,))).cuda()
-    num_r = int(offsets_V1[-1])
-    table_RD = torch.randn(num_r, 64, device="cuda", requires_grad=True)
-    query_PD = torch.randn(4096, 64, device="cuda", requires_grad=True)
-
-    def step():
-        plan = plan_triton(ids_P, offsets_V1, num_rows=num_r, width=64)
-        out_PE = triton_token_attention(
-            query_PD, plan, table_RD, None, scale=0.1, dtype=torch.bfloat16
-        )
-        out_PE.float().sum().backward()
-
-    step()  # compiles the kernels
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        step()
-    finally:
-        torch.cuda.set_sync_debug_mode(0)
-
-
 def test_pool_holds_each_distinct_token_rows_once():
     rows_V = torch.tensor([3, 1, 5, 2])
     ids_P = torch.tensor([2, 2, 0, 2, 3, 0])
-    plan = plan_lookup(ids_P, _offsets(rows_V))
+    plan = plan_lookup(ids_P, offsets(rows_V))
     assert plan.pool_rows_M.tolist() == [0, 1, 2, 4, 5, 6, 7, 8, 9, 10]
 
 
@@ -206,7 +85,7 @@ def test_key_slots_stay_bounded_when_every_position_has_k_rows():
     k, num_p = 512, 4096
     rows_V = torch.full((8,), k)
     ids_P = torch.randint(0, 8, (num_p,), generator=torch.Generator().manual_seed(0))
-    plan = plan_lookup(ids_P, _offsets(rows_V))
+    plan = plan_lookup(ids_P, offsets(rows_V))
     per_position = k // MAX_TILE_POSITIONS  # 4 key slots per position ...
     assert plan.key_index_N.numel() <= per_position * num_p + 8 * k  # ... + one tile per token
     assert plan.num_slots <= num_p + 8 * MAX_TILE_POSITIONS

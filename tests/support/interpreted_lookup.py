@@ -1,9 +1,9 @@
 """Checks of L³'s three Triton kernels on the CPU, under Triton's interpreter: the fused lookup
-(``triton_token_attention``) and its gradients equal the per-position reference of
-``tests/test_l3_layer.py``, with tied and untied tables, a token of k = 512 rows (several row
-blocks), a token of one row and a token over several position tiles.
+(``triton_token_attention``) and its gradients equal the per-position reference
+(``tests/support/l3_reference.py``), with tied and untied tables, a token of k = 512 rows
+(several row blocks), a token of one row and a token over several position tiles.
 
-Run as a script with ``TRITON_INTERPRET=1`` (``tests/test_l3_layer.py`` does, in a subprocess:
+Run as a script with ``TRITON_INTERPRET=1`` (``tests/test_l3_kernels.py`` does, in a subprocess:
 Triton reads the flag when a kernel is defined). The interpreter runs the kernels' indexing and
 arithmetic, not their launch settings (warps, stages): ``test_l3_kernel_resources`` and the
 CUDA tests cover those.
@@ -19,7 +19,7 @@ import torch
 
 from embedkit_l3.lookup_ops import triton_token_attention
 from embedkit_l3.triton_lookup import plan_triton
-from tests.test_l3_layer import _assert_matches, _offsets, _reference
+from tests.support.l3_reference import assert_matches, offsets, reference
 
 NUM_V = 24
 NUM_P = 120
@@ -30,7 +30,7 @@ def check(tied: bool) -> None:
     dim, width = 32, 32 if tied else 16
     rows_V = torch.randint(1, 70, (NUM_V,), generator=generator)
     rows_V[0], rows_V[1], rows_V[2] = 512, 1, 33  # k rows, one row, across row blocks
-    offsets_V1 = _offsets(rows_V)
+    offsets_V1 = offsets(rows_V)
     num_r = int(offsets_V1[-1])
     keys_RD = torch.randn(num_r, dim, generator=generator).requires_grad_()
     values_RE = keys_RD if tied else torch.randn(num_r, width, generator=generator)
@@ -45,9 +45,9 @@ def check(tied: bool) -> None:
     fast_PE = triton_token_attention(
         query_PD, plan, keys_RD, None if tied else values_RE, scale=0.2, dtype=torch.float32
     )
-    slow_PE = _reference(query_PD, ids_P, offsets_V1, keys_RD, values_RE, 0.2)
+    slow_PE = reference(query_PD, ids_P, offsets_V1, keys_RD, values_RE, 0.2)
     inputs = [query_PD, keys_RD] if tied else [query_PD, keys_RD, values_RE]
-    _assert_matches(fast_PE, slow_PE, inputs, generator, rtol=1e-5, atol=1e-5)
+    assert_matches(fast_PE, slow_PE, inputs, generator, rtol=1e-5, atol=1e-5)
 
 
 def main() -> None:
