@@ -33,7 +33,7 @@ def variant_label(variant: dict) -> str:
 
 
 def _ratio(variant: dict, field: str = "ratio_to_gpu") -> str:
-    ratios = variant.get(f"{field}_rounds")
+    ratios = variant[f"{field}_rounds"]
     if ratios is None:
         return "n/a"
     return f"{variant[field]:.3f}x ({min(ratios):.2f}-{max(ratios):.2f})"

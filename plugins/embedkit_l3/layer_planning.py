@@ -102,9 +102,13 @@ class PlannedTables:
         if pool is not None:
             plan, pool_rows_M = pool
             return PlannedRows(plan, *self._prefetch(pool_rows_M))
+        from embedkit_l3.triton_lookup import plan_triton_host  # imports Triton: CUDA builds
+
         local_P, pool_offsets_U1, pool_rows_M = self._host_pool(ids_P)
         fetched = self._prefetch(pool_rows_M)
-        plan = _pool_plan(local_P, pool_offsets_U1, width=width, device=device)
+        plan = plan_triton_host(
+            local_P, pool_offsets_U1, num_rows=len(pool_rows_M), width=width, device=device
+        )
         _RECENT_POOLS.append((key, (plan, pool_rows_M)))
         return PlannedRows(plan, *fetched)
 
@@ -141,16 +145,6 @@ class PlannedTables:
             cached = (key, self.offsets_V1.cpu())
             self._offsets_host = cached
         return cached[1]
-
-
-def _pool_plan(
-    local_P: np.ndarray, pool_offsets_U1: np.ndarray, *, width: int, device: torch.device
-) -> TritonPlan:
-    """The kernels' plan over a pool, made on the host and sent in one copy."""
-    from embedkit_l3.triton_lookup import plan_triton_host
-
-    num_m = int(pool_offsets_U1[-1])
-    return plan_triton_host(local_P, pool_offsets_U1, num_rows=num_m, width=width, device=device)
 
 
 def _plan_on(plan: LookupPlan, device: torch.device) -> LookupPlan:
