@@ -92,6 +92,21 @@ def test_prefetch_equals_gather(backend_cls, dtype_name, row_set):
     )
 
 
+@pytest.mark.parametrize("row_set", list(ROW_SETS))
+def test_rows_on_the_device_give_the_host_rows_rows(backend_cls, dtype_name, row_set):
+    """A backend that reads rows already on its device (``reads_device_rows``) gathers and
+    prefetches from them what it gives for the same rows on the host."""
+    backend, reference = _filled(backend_cls, dtype_name)
+    assert isinstance(backend.reads_device_rows, bool)
+    if not backend.reads_device_rows:
+        return  # the default: callers give host rows, which the tests above cover
+    rows_N = ROW_SETS[row_set]
+    on_device_N = rows_N.to(backend.device)
+    expected_ND = _integer_view(reference(rows_N))
+    assert torch.equal(_integer_view(backend.gather(on_device_N).cpu()), expected_ND)
+    assert torch.equal(_integer_view(backend.prefetch(on_device_N).wait().cpu()), expected_ND)
+
+
 def test_partial_write_round_trips(backend_cls, dtype_name):
     backend, reference = _filled(backend_cls, dtype_name)
     block = torch.full((5, DIM), 1.5, dtype=DTYPES[dtype_name])

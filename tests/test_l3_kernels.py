@@ -28,10 +28,10 @@ def test_triton_kernels_match_the_reference_in_the_interpreter():
 @pytest.mark.parametrize("num_p", [1, 17, 64, 300])
 @pytest.mark.parametrize("width", [64, 1024])  # row blocks of 32 and of 16
 def test_host_planning_gives_the_device_plan(num_p: int, width: int):
-    """``plan_triton_host`` (numpy, a decoding step's pool) makes ``plan_triton``'s work lists,
+    """``plan_lists_host`` (numpy, a decoding step's pool) makes ``plan_triton``'s work lists,
     value for value: tokens absent from the positions, tokens without rows, one token over
     many position tiles."""
-    from embedkit_l3.triton_lookup import plan_triton, plan_triton_host
+    from embedkit_l3.triton_lookup import TritonPlan, plan_lists_host, plan_triton, tile_rows
 
     generator = np.random.default_rng(num_p)
     rows_V = generator.integers(0, 70, 40)
@@ -41,7 +41,8 @@ def test_host_planning_gives_the_device_plan(num_p: int, width: int):
     ids_P[: num_p // 2] = 0
     generator.shuffle(ids_P)
     num_r = int(offsets_V1[-1])
-    host = plan_triton_host(ids_P, offsets_V1, num_rows=num_r, width=width, device="cpu")
+    lists = plan_lists_host(ids_P, offsets_V1, num_rows=num_r, width=width)
+    host = TritonPlan.from_tensors([torch.from_numpy(a) for a in lists], tile_rows(width))
     device = plan_triton(
         torch.from_numpy(ids_P), torch.from_numpy(offsets_V1), num_rows=num_r, width=width
     )

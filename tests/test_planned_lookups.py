@@ -7,6 +7,7 @@ Legend: B = batch rows, T = new positions, W = preceding ids.
 
 from __future__ import annotations
 
+import time
 from functools import partial
 from pathlib import Path
 
@@ -189,6 +190,33 @@ def test_l3_pool_plan_gives_every_position_its_tokens_rows(tier, text, tmp_path)
         torch.testing.assert_close(
             values_ME[first : first + rows], layer.value_table.gather(table_rows)
         )
+
+
+@cuda
+@pytest.mark.parametrize("tier", ["gpu", "pinned"])
+@torch.no_grad()
+def test_l3_pool_fetch_does_not_wait_for_the_queued_layers(tier, text, tmp_path):
+    """A pool's plan and rows go to the device, and its tables read them, on the planning
+    stream: while the current stream is still busy (the layers before the L³ layer), the
+    rows arrive; the layer's output still waits for them."""
+    decoder = _reader("l3", tier, tmp_path, text).to("cuda")
+    layer = decoder.sublayers["1"]
+    ids_P = torch.tensor([5, 6, 5, 200])
+    layer._plan_pool(ids_P, torch.device("cuda"))  # compiles the gather kernel
+    torch.cuda.synchronize()
+    consumer = torch.cuda.current_stream()
+    torch.cuda._sleep(4_000_000_000)  # a few seconds of queued work
+    planned = layer._plan_pool(ids_P + 1, torch.device("cuda"))
+    fetched = planned.keys._done  # recorded on the planning stream after the fetch
+    deadline = time.monotonic() + 60
+    while not fetched.query() and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert fetched.query() and not consumer.query()
+    keys_MD = planned.keys.wait()
+    torch.cuda.synchronize()
+    offsets_V1 = layer._host_offsets()
+    rows = torch.cat([torch.arange(offsets_V1[t], offsets_V1[t + 1]) for t in (6, 7, 201)])
+    assert torch.equal(keys_MD.cpu(), layer.key_table.gather(rows).cpu())
 
 
 @cuda

@@ -67,6 +67,10 @@ class GPUBackend(nn.Module, EmbeddingBackend):
     def device(self) -> torch.device:
         return self.weight.device
 
+    @property
+    def reads_device_rows(self) -> bool:
+        return True
+
     def gather(self, rows_N: torch.Tensor) -> torch.Tensor:
         if not torch.compiler.is_compiling() and rows_N.device.type == "cpu":
             check_rows(rows_N, self.num_rows)

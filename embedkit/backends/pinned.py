@@ -121,6 +121,10 @@ class PinnedCPUBackend(EmbeddingBackend):
     def device(self) -> torch.device:
         return self._device
 
+    @property
+    def reads_device_rows(self) -> bool:
+        return True  # the UVA kernel takes them (CUDA); on the CPU they are host rows
+
     def gather(self, rows_N: torch.Tensor, *, out: torch.Tensor | None = None) -> torch.Tensor:
         """Rows ``rows_N`` as a [N, dim] tensor on ``device``, written into ``out`` if given."""
         want = ((rows_N.numel(), self.dim), self.dtype, self._device, True)

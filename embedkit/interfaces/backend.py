@@ -61,6 +61,14 @@ class EmbeddingBackend(metaclass=PluginInterface):
     def device(self) -> torch.device:
         """Device on which gathered rows land."""
 
+    @property
+    def reads_device_rows(self) -> bool:
+        """Whether ``gather`` and ``prefetch`` take rows already on ``device`` without a host
+        synchronisation (unvalidated: out-of-range rows are the caller's error). Callers whose
+        rows are there, e.g. sent once for several tables, then pass them so. ``False`` (the
+        default): pass rows on the host."""
+        return False
+
     @abstractmethod
     def gather(self, rows_N: torch.Tensor) -> torch.Tensor:
         """Rows ``rows_N`` (int64, any order, repeats allowed) as [N, dim] on ``device``."""

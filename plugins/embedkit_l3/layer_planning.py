@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from embedkit.dtypes import compute_dtype
-from embedkit.interfaces import RowsHandle
+from embedkit.interfaces import EmbeddingBackend, RowsHandle
 from embedkit_l3.token_attention import LookupPlan, plan_lookup
 
 if TYPE_CHECKING:
@@ -32,16 +32,47 @@ _RECENT_POOLS: collections.deque = collections.deque(maxlen=4)
 # rows (gathered in GPU memory) rather than the whole table, whose plan and grids span every
 # token of the vocabulary (8,192 programs for one position).
 POOLED_POSITIONS = 256
+_PLANNING_STREAMS: dict[int, torch.cuda.Stream] = {}  # by CUDA device index
 
 
 @dataclasses.dataclass(frozen=True)
 class PlannedRows:
     """The plan of some new positions over their tokens' rows in flight (``values`` None when
-    the tables are tied): a bucket plan (CPU), or a Triton plan over the pooled rows (CUDA)."""
+    the tables are tied): a bucket plan (CPU), or a Triton plan over the pooled rows (CUDA).
+    ``ready``: recorded once the plan is on the device, if it was sent on the planning stream
+    (the consumer waits for it before the kernels read the plan)."""
 
     plan: LookupPlan | TritonPlan
     keys: RowsHandle
     values: RowsHandle | None
+    ready: torch.cuda.Event | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class _Pool:
+    """A step's pool: its plan and rows on the device (sent together on the planning stream,
+    ``sent`` recorded after the copy; ``None`` on the CPU) and its rows on the host."""
+
+    plan: TritonPlan
+    rows_M: torch.Tensor
+    rows_on_device_M: torch.Tensor
+    sent: torch.cuda.Event | None
+
+
+class _AfterPlanning(RowsHandle):
+    """A table's fetch queued on the planning stream: ``wait`` orders the current stream after
+    it, and marks its rows as used there (they were allocated on the planning stream)."""
+
+    def __init__(self, fetched: RowsHandle, done: torch.cuda.Event) -> None:
+        self._fetched = fetched
+        self._done = done
+
+    def wait(self) -> torch.Tensor:
+        rows_MD = self._fetched.wait()
+        stream = torch.cuda.current_stream(rows_MD.device)
+        stream.wait_event(self._done)
+        rows_MD.record_stream(stream)
+        return rows_MD
 
 
 class PlannedTables:
@@ -65,7 +96,9 @@ class PlannedTables:
         if device.type == "cuda" and self.lookup != "buckets" and self._kernel_widths():
             return self._plan_pool(ids_P, device)
         plan = plan_lookup(ids_P, self._host_offsets(), max_rows=self._max_rows)
-        return PlannedRows(_plan_on(plan, device), *self._prefetch(plan.pool_rows_M))
+        keys = self.key_table.prefetch(plan.pool_rows_M)
+        values = None if self.tie_kv else self.value_table.prefetch(plan.pool_rows_M)
+        return PlannedRows(_plan_on(plan, device), keys, values)
 
     def forward_planned(self, hidden_BTD: torch.Tensor, planned: PlannedRows) -> torch.Tensor:
         """The layer over the positions ``planned`` was made for, from its rows."""
@@ -75,6 +108,8 @@ class PlannedTables:
         device = hidden_BTD.device  # the rows of some tiers (Zarr on the CPU) land on the host
         # Without blocking only towards CUDA: a copy to the host must be complete when read.
         onto_cuda = device.type == "cuda"
+        if planned.ready is not None:  # the plan (and pool rows) came on the planning stream
+            torch.cuda.current_stream(device).wait_event(planned.ready)
         keys_MD = planned.keys.wait().to(device, non_blocking=onto_cuda)
         values_ME = None if planned.values is None else planned.values.wait()
         if values_ME is not None:
@@ -94,23 +129,53 @@ class PlannedTables:
 
     def _plan_pool(self, ids_P: torch.Tensor, device: torch.device) -> PlannedRows:
         """Fetch the rows of the distinct tokens of ``ids_P``, token by token (the pool), with
-        the kernels' plan over the pool. The fetch starts before the plan is sent."""
+        the kernels' plan over the pool. Tables that take host rows start fetching first;
+        the plan and the pool's rows then go to the device in one copy, shared by the other
+        layers of the allocation, whose tables that read device rows fetch them from there."""
         width = max(self.dim, self.d_emb)
         key = (self.allocation.content_hash, device, width, ids_P.numpy().tobytes())
-        # Another layer of the same allocation may have planned these ids (plans are immutable).
+        # Another layer of the same allocation may have planned these ids (pools are immutable).
         pool = next((pool for recent, pool in _RECENT_POOLS if recent == key), None)
         if pool is not None:
-            plan, pool_rows_M = pool
-            return PlannedRows(plan, *self._prefetch(pool_rows_M))
-        from embedkit_l3.triton_lookup import plan_triton_host  # imports Triton: CUDA builds
+            return PlannedRows(pool.plan, *self._prefetch(pool), ready=pool.sent)
+        from embedkit_l3.triton_lookup import TritonPlan, plan_lists_host, tile_rows
 
         local_P, pool_offsets_U1, pool_rows_M = self._host_pool(ids_P)
-        fetched = self._prefetch(pool_rows_M)
-        plan = plan_triton_host(
-            local_P, pool_offsets_U1, num_rows=len(pool_rows_M), width=width, device=device
-        )
-        _RECENT_POOLS.append((key, (plan, pool_rows_M)))
-        return PlannedRows(plan, *fetched)
+        from_host = {  # started before the plan is made: e.g. a Zarr store's reads
+            name: table.prefetch(pool_rows_M)
+            for name, table in self._tables().items()
+            if not _reads_device_rows(table, device)
+        }
+        lists = plan_lists_host(local_P, pool_offsets_U1, num_rows=len(pool_rows_M), width=width)
+        (*plan_lists, rows_M), sent = _send([*lists, pool_rows_M.numpy()], device)
+        plan = TritonPlan.from_tensors(plan_lists, rows_per_block=tile_rows(width))
+        pool = _Pool(plan, pool_rows_M, rows_M, sent)
+        _RECENT_POOLS.append((key, pool))
+        return PlannedRows(plan, *self._prefetch(pool, from_host), ready=sent)
+
+    def _prefetch(
+        self, pool: _Pool, started: dict[str, RowsHandle] | None = None
+    ) -> tuple[RowsHandle, RowsHandle | None]:
+        """Each table's handle on the pool's rows (``started``: those already fetching). A
+        table that reads device rows fetches the pool's rows sent to the device, ordered
+        after their copy on the planning stream (its gather may overlap the layers queued
+        before it), and its handle orders the consumer after that fetch."""
+        handles = dict(started or {})
+        for name, table in self._tables().items():
+            if name in handles:
+                continue
+            if not _reads_device_rows(table, pool.rows_on_device_M.device):
+                handles[name] = table.prefetch(pool.rows_M)
+            elif pool.sent is None:  # the CPU: no streams
+                handles[name] = table.prefetch(pool.rows_on_device_M)
+            else:
+                handles[name] = _planning_fetch(table, pool.rows_on_device_M)
+        return handles["keys"], handles.get("values")
+
+    def _tables(self) -> dict[str, EmbeddingBackend]:
+        if self.tie_kv:
+            return {"keys": self.key_table}
+        return {"keys": self.key_table, "values": self.value_table}
 
     def _host_pool(self, ids_P: torch.Tensor) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
         """The pool of ``ids_P``, on the host: each position's token renumbered to its place
@@ -127,10 +192,6 @@ class PlannedTables:
         pool_rows_M = first_row_U[token_M] + np.arange(num_m) - pool_offsets_U1[token_M]
         return local_P.reshape(-1), pool_offsets_U1, torch.from_numpy(pool_rows_M)
 
-    def _prefetch(self, rows_M: torch.Tensor) -> tuple[RowsHandle, RowsHandle | None]:
-        keys = self.key_table.prefetch(rows_M)
-        return keys, None if self.tie_kv else self.value_table.prefetch(rows_M)
-
     def _kernel_widths(self) -> bool:
         from embedkit_l3.triton_lookup import supported  # imports Triton: CUDA builds only
 
@@ -145,6 +206,51 @@ class PlannedTables:
             cached = (key, self.offsets_V1.cpu())
             self._offsets_host = cached
         return cached[1]
+
+
+def _planning_stream(device: torch.device) -> torch.cuda.Stream:
+    """The device's planning stream: pools' copies and the fetches that read them run there,
+    beside the layers already queued on the current stream (a fetch issued on it would wait
+    for them)."""
+    index = torch.cuda.current_device() if device.index is None else device.index
+    stream = _PLANNING_STREAMS.get(index)
+    if stream is None:
+        stream = _PLANNING_STREAMS[index] = torch.cuda.Stream(index)
+    return stream
+
+
+def _send(
+    arrays: list[np.ndarray], device: torch.device
+) -> tuple[list[torch.Tensor], torch.cuda.Event | None]:
+    """``arrays`` (int64) on ``device`` in one copy, and the event recorded after it on the
+    planning stream (``None`` off CUDA). The tensors are marked as used on the current stream."""
+    packed = torch.from_numpy(np.concatenate(arrays))
+    sizes = [a.size for a in arrays]
+    if device.type != "cuda":
+        return list(packed.to(device).split(sizes)), None
+    consumer = torch.cuda.current_stream(device)
+    planning = _planning_stream(device)
+    with torch.cuda.stream(planning):
+        sent = packed.to(device, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record(planning)
+    sent.record_stream(consumer)
+    return list(sent.split(sizes)), event
+
+
+def _planning_fetch(table: EmbeddingBackend, rows_M: torch.Tensor) -> RowsHandle:
+    """``table.prefetch(rows_M)`` (rows on the device, sent on the planning stream) issued on
+    the planning stream, so that it waits for their copy only."""
+    planning = _planning_stream(rows_M.device)
+    with torch.cuda.stream(planning):
+        fetched = table.prefetch(rows_M)
+        done = torch.cuda.Event()
+        done.record(planning)
+    return _AfterPlanning(fetched, done)
+
+
+def _reads_device_rows(table: EmbeddingBackend, device: torch.device) -> bool:
+    return table.reads_device_rows and table.device == device
 
 
 def _plan_on(plan: LookupPlan, device: torch.device) -> LookupPlan:

@@ -125,12 +125,14 @@ def plan_triton(
     )
 
 
-def plan_triton_host(
-    ids_P: np.ndarray, offsets_V1: np.ndarray, *, num_rows: int, width: int, device: torch.device
-) -> TritonPlan:
-    """``plan_triton``'s plan computed on the host (numpy) and sent to ``device`` in one copy:
-    for small plans, such as a decoding step's pool, where the device version's twenty-odd
-    launches cost the host more than the arithmetic. The same work lists, value for value."""
+def plan_lists_host(
+    ids_P: np.ndarray, offsets_V1: np.ndarray, *, num_rows: int, width: int
+) -> list[np.ndarray]:
+    """``plan_triton``'s work lists computed on the host (numpy), as int64 arrays in
+    ``TritonPlan`` field order: for small plans, such as a decoding step's pool, where the
+    device version's twenty-odd launches cost the host more than the arithmetic. Sent to the
+    device in one copy, ``TritonPlan.from_tensors`` takes them (with
+    ``rows_per_block=tile_rows(width)``); the same work lists, value for value."""
     block_rows = tile_rows(width)
     num_v = offsets_V1.size - 1
     counts_V = np.bincount(ids_P, minlength=num_v)
@@ -152,9 +154,7 @@ def plan_triton_host(
         block_first_V,
         np.searchsorted(block_first_V, steps_C, side="right") - 1,  # token_of_block_C
     ]
-    packed = torch.from_numpy(np.concatenate([a.astype(np.int64, copy=False) for a in lists]))
-    tensors = packed.to(device, non_blocking=True).split([a.size for a in lists])
-    return TritonPlan.from_tensors(list(tensors), rows_per_block=block_rows)
+    return [a.astype(np.int64, copy=False) for a in lists]
 
 
 @triton.jit
