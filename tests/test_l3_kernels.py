@@ -78,6 +78,11 @@ def test_triton_kernels_match_per_position_reference_values_and_gradients(tied: 
     fast_PE = triton_token_attention(
         query_PD, plan, keys_RD, None if tied else values_RE, scale=0.2, dtype=torch.float32
     )
+    with torch.no_grad():  # decoding's path: the kernel launched without the operator
+        direct_PE = triton_token_attention(
+            query_PD, plan, keys_RD, None if tied else values_RE, scale=0.2, dtype=torch.float32
+        )
+    assert torch.equal(direct_PE, fast_PE)
     slow_PE = reference(query_PD, ids_P, offsets_V1, keys_RD, values_RE, 0.2)
     # fp32 throughout; sums of 1024 products in another order differ in the last bits, which
     # the sharp softmax of wide random vectors magnifies to ~4e-5.

@@ -45,6 +45,11 @@ def check(tied: bool) -> None:
     fast_PE = triton_token_attention(
         query_PD, plan, keys_RD, None if tied else values_RE, scale=0.2, dtype=torch.float32
     )
+    with torch.no_grad():  # decoding's path: the kernel launched without the operator
+        direct_PE = triton_token_attention(
+            query_PD, plan, keys_RD, None if tied else values_RE, scale=0.2, dtype=torch.float32
+        )
+    assert torch.equal(direct_PE, fast_PE)
     slow_PE = reference(query_PD, ids_P, offsets_V1, keys_RD, values_RE, 0.2)
     inputs = [query_PD, keys_RD] if tied else [query_PD, keys_RD, values_RE]
     assert_matches(fast_PE, slow_PE, inputs, generator, rtol=1e-5, atol=1e-5)
