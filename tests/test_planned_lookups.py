@@ -30,6 +30,7 @@ from embedkit.model.decoder import Decoder
 from embedkit_dense.swiglu import SwiGLU
 from embedkit_l3.allocation import LZWAllocation
 from embedkit_l3.layer import L3Layer
+from embedkit_l3.layer_planning import _AfterPlanning
 from embedkit_scone.embedding import SconeEmbedding
 from embedkit_scone.vocab import FGramVocab
 from tests.support.interpreter import needs_triton
@@ -201,12 +202,15 @@ def test_l3_pool_fetch_does_not_wait_for_the_queued_layers(tier, text, tmp_path)
     rows arrive; the layer's output still waits for them."""
     decoder = _reader("l3", tier, tmp_path, text).to("cuda")
     layer = decoder.sublayers["1"]
-    ids_P = torch.tensor([5, 6, 5, 200])
-    layer._plan_pool(ids_P, torch.device("cuda"))  # compiles the gather kernel
+    ids_P = torch.arange(128).repeat(2)  # a pool of over DEVICE_ROWS_FROM rows
+    device = layer.offsets_V1.device  # as plan_lookups passes it: "cuda:0"
+    layer._tables_follow(device)  # as plan_lookups does: GPU tables move with the model
+    layer._plan_pool(ids_P, device)  # compiles the gather kernel
     torch.cuda.synchronize()
     consumer = torch.cuda.current_stream()
     torch.cuda._sleep(4_000_000_000)  # a few seconds of queued work
-    planned = layer._plan_pool(ids_P + 1, torch.device("cuda"))
+    planned = layer._plan_pool(ids_P + 1, device)
+    assert isinstance(planned.keys, _AfterPlanning), (planned.keys, layer.key_table.device)
     fetched = planned.keys._done  # recorded on the planning stream after the fetch
     deadline = time.monotonic() + 60
     while not fetched.query() and time.monotonic() < deadline:
@@ -215,7 +219,7 @@ def test_l3_pool_fetch_does_not_wait_for_the_queued_layers(tier, text, tmp_path)
     keys_MD = planned.keys.wait()
     torch.cuda.synchronize()
     offsets_V1 = layer._host_offsets()
-    rows = torch.cat([torch.arange(offsets_V1[t], offsets_V1[t + 1]) for t in (6, 7, 201)])
+    rows = torch.arange(int(offsets_V1[1]), int(offsets_V1[129]))  # tokens 1-128, in order
     assert torch.equal(keys_MD.cpu(), layer.key_table.gather(rows).cpu())
 
 
