@@ -1,7 +1,9 @@
 """Planned lookups of ``L3Layer`` (decoding): the rows of the next tokens start moving to the
 compute device as soon as the tokens are known, and the layer waits for them only when it
 runs, so their transfer from pinned CPU memory or a Zarr store hides behind the decoder layers
-before it (``before_layer`` >= 1 is what makes room for it).
+before it (``before_layer`` >= 1 is what makes room for it). On CUDA a step's pool (the plan
+and its row ids) goes to the device once, on a planning stream, where the tables that read
+device ids fetch from it without waiting for the layers queued on the current stream.
 
 Legend: B = batch rows, T = new positions, D = model width, E = value width, P = B * T
 positions, U = distinct tokens (the pool's), M = pooled rows.
