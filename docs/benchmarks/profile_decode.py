@@ -1,9 +1,10 @@
-"""Profile graphed decode steps of recipes/gpu/l3.yaml at batch 64, tables on the gpu and
-pinned tiers: mean step, the CUDA kernels by time, and every host-sync call.
+"""Profile graphed decode steps of a GPU-size recipe (L³ by default, at batch 64), tables on
+the gpu and pinned tiers: mean step, the CUDA kernels by time, and every host-sync call.
 
 Run from the repository root on a CUDA machine (random weights, as `embedkit bench decode`):
 
-    python docs/benchmarks/profile_decode.py [--programs_per_sm N] [--trace DIR]
+    python docs/benchmarks/profile_decode.py [--run l3|scone] [--batch B]
+        [--programs_per_sm N] [--trace DIR]
 
 ``--programs_per_sm`` overrides the pinned prefetch's ``PREFETCH_PROGRAMS_PER_SM`` before the
 tables are built (10**6: one program per block of rows, the grid before session 7);
@@ -23,11 +24,17 @@ from embedkit.bench.decode import decode, random_prompts
 from embedkit.bench.decode_variants import build_variants, overlay_paths
 
 SYNCS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy")
-BATCH, PROMPT, NEW = 64, 32, 33
+PROMPT, NEW = 32, 33
+RUNS = {
+    "l3": ["recipes/gpu/l3.yaml"],
+    "scone": ["recipes/gpu/scone.yaml", "recipes/decode/scone-4x.yaml"],
+}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run", choices=sorted(RUNS), default="l3")
+    parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--programs_per_sm", type=int, default=None)
     parser.add_argument("--trace", type=Path, default=None)
     args = parser.parse_args()
@@ -37,12 +44,12 @@ def main() -> None:
     overlays = overlay_paths("recipes/storage", ["gpu", "pinned"])
     with tempfile.TemporaryDirectory() as work:
         variants, _ = build_variants(
-            "l3", ["recipes/gpu/l3.yaml"], overlays=overlays, folder=Path(work) / "l3",
+            args.run, RUNS[args.run], overlays=overlays, folder=Path(work) / args.run,
             longest=PROMPT + NEW, device=device,
         )  # fmt: skip
         for variant in (v for v in variants if v.prefetch):
             prompts = random_prompts(
-                variant.decoder.vocab_size, batch_size=BATCH, prompt_len=PROMPT, seed=0
+                variant.decoder.vocab_size, batch_size=args.batch, prompt_len=PROMPT, seed=0
             )
             for _ in range(2):  # compile, capture, then a warm run
                 decoded = decode(variant, prompts, new_tokens=NEW, device=device, cuda_graphs=True)
