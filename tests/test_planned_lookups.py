@@ -193,6 +193,30 @@ def test_l3_pool_plan_gives_every_position_its_tokens_rows(tier, text, tmp_path)
         )
 
 
+def test_l3_tables_fetch_pools_from_device_ids_only_when_they_can_and_the_pool_is_large():
+    from embedkit_l3.layer_planning import DEVICE_ROWS_FROM, _takes_device_rows
+
+    cpu = torch.device("cpu")
+    reads, host_only = (
+        PinnedCPUBackend(num_rows=4, dim=2, device="cpu"),
+        _HostIdsOnly(num_rows=4, dim=2),
+    )
+    assert reads.reads_device_rows and not host_only.reads_device_rows
+    assert _takes_device_rows(reads, cpu, DEVICE_ROWS_FROM)
+    assert not _takes_device_rows(reads, cpu, DEVICE_ROWS_FROM - 1)  # a few rows: host ids
+    assert not _takes_device_rows(host_only, cpu, 10 * DEVICE_ROWS_FROM)
+    if torch.cuda.is_available():  # ids on another device than the table's rows
+        assert not _takes_device_rows(reads, torch.device("cuda"), DEVICE_ROWS_FROM)
+
+
+class _HostIdsOnly(GPUBackend):
+    """A table that takes host ids only (as a Zarr store does)."""
+
+    @property
+    def reads_device_rows(self) -> bool:
+        return False
+
+
 @cuda
 @pytest.mark.parametrize("tier", ["gpu", "pinned"])
 @torch.no_grad()
