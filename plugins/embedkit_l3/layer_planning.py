@@ -175,9 +175,9 @@ class PlannedTables:
             if not _takes_device_rows(table, on_device_M.device, len(on_device_M)):
                 handles[name] = table.prefetch(pool.rows_M)
             elif pool.sent is None:  # the CPU: no streams
-                handles[name] = table.prefetch(pool.rows_on_device_M)
+                handles[name] = table.prefetch(on_device_M)
             else:
-                handles[name] = _planning_fetch(table, pool.rows_on_device_M)
+                handles[name] = _planning_fetch(table, on_device_M)
         return handles["keys"], handles.get("values")
 
     def _tables(self) -> dict[str, EmbeddingBackend]:

@@ -27,6 +27,24 @@ def reference(query_PD, ids_P, offsets_V1, keys_RD, values_RE, scale):
     return torch.stack(outputs)
 
 
+def fused_lookup(query_PD, plan, keys_RD, values_RE, *, tied: bool, scale: float):
+    """``triton_token_attention`` in fp32 through its custom operator (gradients kept), checked
+    equal, bit for bit, to the path decoding takes without gradients (the kernel launched
+    directly)."""
+    from embedkit_l3.lookup_ops import triton_token_attention  # imports Triton
+
+    values = None if tied else values_RE
+    fast_PE = triton_token_attention(
+        query_PD, plan, keys_RD, values, scale=scale, dtype=torch.float32
+    )
+    with torch.no_grad():
+        direct_PE = triton_token_attention(
+            query_PD, plan, keys_RD, values, scale=scale, dtype=torch.float32
+        )
+    assert torch.equal(direct_PE, fast_PE)
+    return fast_PE
+
+
 def assert_matches(fast_PE, slow_PE, inputs, generator, **close) -> None:
     """``fast_PE`` equals the reference ``slow_PE``, and so do their gradients to ``inputs``
     under one random output gradient."""
