@@ -241,10 +241,14 @@ def test_write_waits_for_gathers_in_flight():
 
 
 @needs_cuda
-@pytest.mark.parametrize("num_n", [1, 64, 65])  # 64 rows of 4 KiB: the CPU gather's limit
-def test_small_prefetch_is_gathered_by_the_cpu_and_kept_from_later_writes(num_n):
+# DIRECT_COPY_ROWS (4) rows: copied from the table; 64 rows of 4 KiB: the CPU gather's limit
+@pytest.mark.parametrize("num_n", [1, 4, 5, 64, 65])
+def test_small_prefetch_is_copied_on_the_stream_and_kept_from_later_writes(num_n):
     backend, values_RD = _filled(1024, 1024, "float32", device="cuda")
     rows_N = torch.randint(0, 1024, (num_n,), generator=torch.Generator().manual_seed(4))
+    busy_MM = torch.randn(2048, 2048, device="cuda")
+    for _ in range(30):  # the prefetch's copies queue behind some 10 ms of work
+        busy_MM = torch.tanh(busy_MM @ busy_MM)
     handle = backend.prefetch(rows_N)
     assert (type(handle).__name__ == "ReadyRows") == (num_n * 1024 * 4 <= SMALL_PREFETCH_BYTES)
     backend.write(0, torch.zeros(1024, 1024))  # the prefetched rows are those read before it

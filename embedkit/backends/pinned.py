@@ -3,9 +3,11 @@
 On CUDA, ``gather`` is a Triton kernel reading rows from host memory through UVA
 (``embedkit.backends.uva_gather``), and ``prefetch`` runs it on a side stream with a grid of
 ``PREFETCH_PROGRAMS_PER_SM`` programs per SM (it overlaps compute), except for a
-few rows given on the host (at most ``SMALL_PREFETCH_BYTES``: a decoding step's SCONE rows),
-which the CPU gathers into pinned memory for one asynchronous copy, as cheap for the host as a
-GPU table's gather; without CUDA, ``index_select`` (``prefetch`` in a background thread).
+few rows given on the host (a decoding step's SCONE rows), copied on the caller's stream: up
+to ``DIRECT_COPY_ROWS`` rows straight from the pinned table, one asynchronous copy each; up to
+``SMALL_PREFETCH_BYTES`` gathered by the CPU into pinned memory first, for one copy. Both cost
+the host less than a kernel on a side stream; without CUDA, ``index_select`` (``prefetch`` in a
+background thread).
 Rows given on the host (the normal case) are validated (``IndexError``); rows already on the
 GPU are not, as that needs a host sync: the kernel yields a zero row for an out-of-range
 index and never reads outside the table.
@@ -30,6 +32,9 @@ from embedkit.dtypes import DTypeName, dtype_from_name
 from embedkit.interfaces import EmbeddingBackend, ReadyRows, RowsHandle
 
 TIER = "pinned"
+# Host rows up to this many are prefetched by one asynchronous copy each, straight from the
+# pinned table: no staging buffer to allocate and no CPU gather (batch-1 decoding).
+DIRECT_COPY_ROWS = 4
 # Host rows up to this many bytes are prefetched by a CPU gather and one copy: the kernel's
 # launch, side stream and event cost the host more than the gather itself.
 SMALL_PREFETCH_BYTES = 256 * 1024
@@ -156,7 +161,8 @@ class PinnedCPUBackend(EmbeddingBackend):
 
     def prefetch(self, rows_N: torch.Tensor) -> RowsHandle:
         """Start the gather; on CUDA on a side stream, ordered before the caller's by ``wait``
-        (a few host rows: gathered now by the CPU, copied on the caller's stream).
+        (a few host rows: copied on the caller's stream, straight from the table or gathered
+        by the CPU first).
 
         ``rows_N`` is copied before this returns, so the caller may reuse it at once.
         """
@@ -169,6 +175,8 @@ class PinnedCPUBackend(EmbeddingBackend):
                 torch.index_select, self._table_RD, 0, rows_copy_N
             )
             return ThreadRows(self._last_future)
+        if not rows_N.is_cuda and rows_N.numel() <= DIRECT_COPY_ROWS:
+            return ReadyRows(self._copy_rows(rows_N))
         if not rows_N.is_cuda and rows_N.numel() * self.dim * self.dtype.itemsize <= (
             SMALL_PREFETCH_BYTES
         ):
@@ -242,6 +250,16 @@ class PinnedCPUBackend(EmbeddingBackend):
 
         read_raw_table(location, tier=TIER, into=into, expected=expected)
         return backend
+
+    def _copy_rows(self, rows_N: torch.Tensor) -> torch.Tensor:
+        """Host rows ``rows_N`` copied from the pinned table to the device, one asynchronous
+        copy per row on the current stream (``write`` waits for them: they read the table)."""
+        check_rows(rows_N, self.num_rows)
+        rows_ND = torch.empty(rows_N.numel(), self.dim, dtype=self.dtype, device=self._device)
+        for index, row in enumerate(rows_N.tolist()):
+            rows_ND[index].copy_(self._table_RD[row], non_blocking=True)
+        self._gpu_reads = True
+        return rows_ND
 
     def _small_gather(self, rows_N: torch.Tensor) -> torch.Tensor:
         """Host rows ``rows_N`` gathered by the CPU into pinned memory, then copied to the
