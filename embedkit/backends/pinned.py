@@ -175,12 +175,11 @@ class PinnedCPUBackend(EmbeddingBackend):
                 torch.index_select, self._table_RD, 0, rows_copy_N
             )
             return ThreadRows(self._last_future)
-        if not rows_N.is_cuda and rows_N.numel() <= DIRECT_COPY_ROWS:
-            return ReadyRows(self._copy_rows(rows_N))
-        if not rows_N.is_cuda and rows_N.numel() * self.dim * self.dtype.itemsize <= (
-            SMALL_PREFETCH_BYTES
-        ):
-            return ReadyRows(self._small_gather(rows_N))
+        if not rows_N.is_cuda:  # a few host rows: copied on the caller's stream
+            if rows_N.numel() <= DIRECT_COPY_ROWS:
+                return ReadyRows(self._copy_rows(rows_N))
+            if rows_N.numel() * self.dim * self.dtype.itemsize <= SMALL_PREFETCH_BYTES:
+                return ReadyRows(self._small_gather(rows_N))
         consumer = torch.cuda.current_stream(self._device)
         if self._side_stream is None:
             # High priority: the gather waits on PCIe, not on the SMs, so it should not queue
