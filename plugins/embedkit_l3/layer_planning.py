@@ -103,9 +103,8 @@ class PlannedTables:
         if device.type == "cuda" and self.lookup != "buckets" and self._kernel_widths():
             return self._plan_pool(ids_P, device)
         plan = plan_lookup(ids_P, self._host_offsets(), max_rows=self._max_rows)
-        keys = self.key_table.prefetch(plan.pool_rows_M)
-        values = None if self.tie_kv else self.value_table.prefetch(plan.pool_rows_M)
-        return PlannedRows(_plan_on(plan, device), keys, values)
+        handles = {name: table.prefetch(plan.pool_rows_M) for name, table in self._tables().items()}
+        return PlannedRows(_plan_on(plan, device), handles["keys"], handles.get("values"))
 
     def forward_planned(self, hidden_BTD: torch.Tensor, planned: PlannedRows) -> torch.Tensor:
         """The layer over the positions ``planned`` was made for, from its rows."""
@@ -168,10 +167,10 @@ class PlannedTables:
         after their copy on the planning stream (its gather may overlap the layers queued
         before it), and its handle orders the consumer after that fetch."""
         handles = dict(started or {})
+        on_device_M = pool.rows_on_device_M
         for name, table in self._tables().items():
             if name in handles:
                 continue
-            on_device_M = pool.rows_on_device_M
             if not _takes_device_rows(table, on_device_M.device, len(on_device_M)):
                 handles[name] = table.prefetch(pool.rows_M)
             elif pool.sent is None:  # the CPU: no streams
