@@ -1,13 +1,22 @@
-"""Host time of one table prefetch of a few rows given on the host, per tier and path, with an
-idle GPU: what a batch-1 decoding step spends on the host to start fetching its SCONE row.
+"""Host time of one table prefetch per tier and path, with an idle GPU: what a decoding step
+spends on the host to start fetching its rows.
 
 Run from the repository root on a CUDA machine:
 
     python docs/benchmarks/prefetch_host_cost.py [--rows R] [--dim D] [--calls N]
+        [--pool_rows M]
 
 Prints the median over ``--calls`` calls of the call alone ("host") and of the call and a
-device synchronisation ("wall"), for a GPU table and a pinned table (its direct row copies, its
-CPU gather into a staging buffer, and its prefetch as dispatched), at 1 and 64 rows.
+device synchronisation ("wall"):
+
+- rows given on the host, 1 and 64 (a batch-1 step's SCONE row): a GPU table and a pinned
+  table (its direct row copies, its CPU gather into a staging buffer, and its prefetch as
+  dispatched);
+- a pool of ``--pool_rows`` rows given on the device (an L³ step's pool at batch 64, about
+  1,000 rows): each table's fetch as L³ issues it on the planning stream, the pinned table's
+  UVA gather launched alone on the calling stream, and, as a candidate that the library does
+  not use, torch's ``index_select`` over a CUDA view of the pinned table (UVA), checked equal
+  to the table's rows first.
 """
 
 import argparse
@@ -18,7 +27,9 @@ from collections.abc import Callable
 import torch
 
 from embedkit.backends.gpu import GPUBackend
-from embedkit.backends.pinned import PinnedCPUBackend
+from embedkit.backends.pinned import PREFETCH_PROGRAMS_PER_SM, PinnedCPUBackend
+from embedkit.backends.uva_gather import gather_rows
+from embedkit_l3.layer_planning import _planning_fetch
 
 
 def median_us(call: Callable[[], object], calls: int, *, with_sync: bool) -> float:
@@ -41,6 +52,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=262144, help="rows of each table")
     parser.add_argument("--dim", type=int, default=512, help="width of a row")
     parser.add_argument("--calls", type=int, default=400, help="timed calls per path")
+    parser.add_argument("--pool_rows", type=int, default=1024, help="rows of the device pool")
     args = parser.parse_args()
     device = torch.device("cuda")
     gpu = GPUBackend(num_rows=args.rows, dim=args.dim).to(device)
@@ -59,6 +71,55 @@ def main() -> None:
             host = median_us(call, args.calls, with_sync=False)
             wall = median_us(call, args.calls, with_sync=True)
             print(f"  {count:3d} rows  {name:22s} host {host:7.1f}  wall {wall:7.1f}")
+    pool_M = torch.randint(0, args.rows, (args.pool_rows,), generator=generator).to(device)
+    print(f"a pool of {args.pool_rows} rows given on the device")
+    for name, call in pool_paths(gpu, pinned, pool_M).items():
+        host = median_us(call, args.calls, with_sync=False)
+        wall = median_us(call, args.calls, with_sync=True)
+        print(f"  {name:38s} host {host:7.1f}  wall {wall:7.1f}")
+
+
+class _DeviceView:
+    """A pinned host tensor described as device memory (``__cuda_array_interface__``): with
+    unified addressing its address is valid on the GPU, so ``torch.as_tensor`` wraps it as a
+    CUDA tensor whose kernels read the host rows over PCIe."""
+
+    def __init__(self, table_RD: torch.Tensor) -> None:
+        assert table_RD.dtype == torch.float32 and table_RD.is_contiguous()
+        self.__cuda_array_interface__ = {
+            "shape": tuple(table_RD.shape),
+            "typestr": "<f4",
+            "data": (table_RD.data_ptr(), False),
+            "version": 3,
+            "strides": None,
+        }
+
+
+def pool_paths(
+    gpu: GPUBackend, pinned: PinnedCPUBackend, pool_M: torch.Tensor
+) -> dict[str, Callable[[], object]]:
+    """The ways to fetch the rows ``pool_M`` (on the device) of each table."""
+    device = pool_M.device
+    pinned.write(0, torch.randn(pinned.num_rows, pinned.dim))  # rows to check the view against
+    table_RD = pinned.host_table
+    view_RD = torch.as_tensor(_DeviceView(table_RD), device=device)
+    read_MD = torch.index_select(view_RD, 0, pool_M).cpu()
+    if not torch.equal(read_MD.view(torch.int32), table_RD[pool_M.cpu()].view(torch.int32)):
+        raise RuntimeError("index_select over the UVA view read other rows than the table's")
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    programs = PREFETCH_PROGRAMS_PER_SM * sms
+
+    def gather_alone() -> torch.Tensor:
+        out_MD = torch.empty(len(pool_M), table_RD.shape[1], device=device)
+        gather_rows(table_RD, pool_M, out_MD, max_programs=programs)
+        return out_MD
+
+    return {
+        "gpu prefetch, planning stream (L³)": lambda: _planning_fetch(gpu, pool_M).wait(),
+        "pinned prefetch, planning stream (L³)": lambda: _planning_fetch(pinned, pool_M).wait(),
+        "pinned UVA gather alone": gather_alone,
+        "pinned index_select over UVA view": lambda: torch.index_select(view_RD, 0, pool_M),
+    }
 
 
 if __name__ == "__main__":
