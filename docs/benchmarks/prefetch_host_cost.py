@@ -28,7 +28,6 @@ import torch
 
 from embedkit.backends.gpu import GPUBackend
 from embedkit.backends.pinned import PREFETCH_PROGRAMS_PER_SM, PinnedCPUBackend
-from embedkit.backends.uva_gather import gather_rows
 from embedkit_l3.layer_planning import _planning_fetch
 
 
@@ -45,6 +44,14 @@ def median_us(call: Callable[[], object], calls: int, *, with_sync: bool) -> flo
         times.append(1e6 * (time.perf_counter() - start))
     torch.cuda.synchronize()
     return statistics.median(times)
+
+
+def report(paths: dict[str, Callable[[], object]], calls: int, label: str) -> None:
+    """Print each path's median host and wall microseconds, after ``label``."""
+    for name, call in paths.items():
+        host = median_us(call, calls, with_sync=False)
+        wall = median_us(call, calls, with_sync=True)
+        print(f"  {label}{name:38s} host {host:7.1f}  wall {wall:7.1f}")
 
 
 def main() -> None:
@@ -67,16 +74,10 @@ def main() -> None:
             "pinned direct copies": lambda rows_N=rows_N: pinned._copy_rows(rows_N),
             "pinned CPU gather": lambda rows_N=rows_N: pinned._small_gather(rows_N),
         }
-        for name, call in paths.items():
-            host = median_us(call, args.calls, with_sync=False)
-            wall = median_us(call, args.calls, with_sync=True)
-            print(f"  {count:3d} rows  {name:22s} host {host:7.1f}  wall {wall:7.1f}")
+        report(paths, args.calls, f"{count:3d} rows  ")
     pool_M = torch.randint(0, args.rows, (args.pool_rows,), generator=generator).to(device)
     print(f"a pool of {args.pool_rows} rows given on the device")
-    for name, call in pool_paths(gpu, pinned, pool_M).items():
-        host = median_us(call, args.calls, with_sync=False)
-        wall = median_us(call, args.calls, with_sync=True)
-        print(f"  {name:38s} host {host:7.1f}  wall {wall:7.1f}")
+    report(pool_paths(gpu, pinned, pool_M), args.calls, "")
 
 
 class _DeviceView:
@@ -98,28 +99,34 @@ class _DeviceView:
 def pool_paths(
     gpu: GPUBackend, pinned: PinnedCPUBackend, pool_M: torch.Tensor
 ) -> dict[str, Callable[[], object]]:
-    """The ways to fetch the rows ``pool_M`` (on the device) of each table."""
-    device = pool_M.device
-    pinned.write(0, torch.randn(pinned.num_rows, pinned.dim))  # rows to check the view against
-    table_RD = pinned.host_table
-    view_RD = torch.as_tensor(_DeviceView(table_RD), device=device)
-    read_MD = torch.index_select(view_RD, 0, pool_M).cpu()
-    if not torch.equal(read_MD.view(torch.int32), table_RD[pool_M.cpu()].view(torch.int32)):
-        raise RuntimeError("index_select over the UVA view read other rows than the table's")
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    """The ways to fetch the rows ``pool_M`` (on the device) of each table. The UVA view's path
+    is left out, with the reason printed, if the view cannot be made or reads other rows."""
+    sms = torch.cuda.get_device_properties(pool_M.device).multi_processor_count
     programs = PREFETCH_PROGRAMS_PER_SM * sms
-
-    def gather_alone() -> torch.Tensor:
-        out_MD = torch.empty(len(pool_M), table_RD.shape[1], device=device)
-        gather_rows(table_RD, pool_M, out_MD, max_programs=programs)
-        return out_MD
-
-    return {
+    paths = {
         "gpu prefetch, planning stream (L³)": lambda: _planning_fetch(gpu, pool_M).wait(),
         "pinned prefetch, planning stream (L³)": lambda: _planning_fetch(pinned, pool_M).wait(),
-        "pinned UVA gather alone": gather_alone,
-        "pinned index_select over UVA view": lambda: torch.index_select(view_RD, 0, pool_M),
+        "pinned UVA gather alone": lambda: pinned._gather_on_device(pool_M, max_programs=programs),
     }
+    try:
+        view_RD = uva_view(pinned, pool_M)
+    except (RuntimeError, TypeError) as error:
+        print(f"  pinned index_select over UVA view: not timed ({error})")
+    else:
+        paths["pinned index_select over UVA view"] = lambda: torch.index_select(view_RD, 0, pool_M)
+    return paths
+
+
+def uva_view(pinned: PinnedCPUBackend, pool_M: torch.Tensor) -> torch.Tensor:
+    """``pinned``'s table as a CUDA tensor on ``pool_M``'s device, once ``index_select`` over it
+    is seen to read the table's rows ``pool_M`` (the table is filled with random rows first)."""
+    pinned.write(0, torch.randn(pinned.num_rows, pinned.dim))
+    table_RD = pinned.host_table
+    view_RD = torch.as_tensor(_DeviceView(table_RD), device=pool_M.device)
+    read_MD = torch.index_select(view_RD, 0, pool_M).cpu()
+    if not torch.equal(read_MD.view(torch.int32), table_RD[pool_M.cpu()].view(torch.int32)):
+        raise RuntimeError("index_select over the view read other rows than the table's")
+    return view_RD
 
 
 if __name__ == "__main__":
