@@ -173,6 +173,31 @@ def test_uva_gather_is_bit_exact(name, dim, num_n):
     assert torch.equal(_bits(out_ND), _bits(expected_ND))
 
 
+@needs_cuda
+def test_uva_gather_on_another_stream_in_every_specialisation(name):
+    """Repeated gathers on a side stream (as L³'s planning stream issues them) queue there,
+    and read the right rows with each row dtype and pointer alignment (rows and output at
+    odd offsets), each of which Triton compiles apart."""
+    from embedkit.backends.uva_gather import gather_rows
+
+    backend, values_RD = _filled(1000, 25, name, device="cuda")
+    rows_N = torch.randint(0, 1000, (301,), generator=torch.Generator().manual_seed(1))
+    side = torch.cuda.Stream()
+    for _ in range(3):
+        for dtype in (torch.int64, torch.int32):
+            for shift in (0, 1):  # 1: rows and output one element / row past 16-byte alignment
+                rows_dev_N = torch.cat((rows_N[:shift], rows_N)).to(dtype).cuda()[shift:]
+                out_ND = torch.empty((302, 25), dtype=values_RD.dtype, device="cuda")
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side):  # a gather on another stream would pass the fill
+                    torch.cuda._sleep(1_000_000)
+                    out_ND.fill_(float("nan"))
+                    gather_rows(backend.host_table, rows_dev_N, out_ND[shift : shift + 301])
+                torch.cuda.current_stream().wait_stream(side)
+                got_ND = out_ND[shift : shift + 301].cpu()
+                assert torch.equal(_bits(got_ND), _bits(values_RD[rows_N])), (dtype, shift)
+
+
 @needs_triton_interpreter
 def test_uva_gather_indexing_in_the_triton_interpreter():
     """The kernel's indexing on the CPU (every word size, capped grids, rows out of range)."""

@@ -284,19 +284,50 @@ def test_parts_plan_only_rows_they_fetch(text, tmp_path):
     assert plan is not None and plan.of(INPUT_EMBEDDING) is not None
 
 
-def test_deferred_parts_start_together_when_the_first_asks():
+def test_deferred_parts_start_in_order_of_use():
     started = []
 
     def start(part, rows):
         return lambda: started.append(part) or rows
 
     plan = LookupPlan({INPUT_EMBEDDING: "f-gram rows"})
-    plan.deferred = {"3": start("3", "rows of 3"), "5": start("5", None)}
+    plan.deferred = {"3": start("3", "rows of 3"), "5": start("5", None), "7": start("7", "r7")}
     assert plan.of(INPUT_EMBEDDING) == "f-gram rows" and started == []
     assert plan.of("5") is None  # a part with nothing to fetch runs its plain forward
-    assert started == ["3", "5"] and plan.of("3") == "rows of 3"
+    assert started == ["3", "5"] and plan.of("3") == "rows of 3"  # those before it start first
     plan.of("3")
     assert started == ["3", "5"]  # each starts once
+    plan.start_deferred()  # e.g. once a sublayer has run: the rest
+    assert started == ["3", "5", "7"] and plan.of("7") == "r7" and not plan.deferred
+
+
+def test_a_sublayer_starts_the_later_deferred_fetches_once_it_has_run():
+    started = []
+
+    def start(part):
+        return lambda: started.append(part) or None  # nothing to fetch: plain forwards
+
+    decoder = Decoder(
+        vocab_size=64, dim=16, num_layers=4, num_heads=2, max_seq_len=8, feed_forward=SwiGLU
+    )
+    decoder.sublayers["1"] = _Recorder(started, "ran 1")
+    plan = LookupPlan({})
+    plan.deferred = {"1": start("1"), "3": start("3")}
+    hidden_BTD = torch.zeros(1, 1, 16)
+    decoder.run_sublayer(0, hidden_BTD, torch.zeros(1, 1, dtype=torch.long), plan)
+    assert started == []  # layer 0 has no sublayer
+    decoder.run_sublayer(1, hidden_BTD, torch.zeros(1, 1, dtype=torch.long), plan)
+    assert started == ["1", "ran 1", "3"]
+
+
+class _Recorder(torch.nn.Module):
+    def __init__(self, log: list, entry: str) -> None:
+        super().__init__()
+        self.log, self.entry = log, entry
+
+    def forward(self, hidden_BTD: torch.Tensor, ids_BT: torch.Tensor) -> torch.Tensor:
+        self.log.append(self.entry)
+        return hidden_BTD
 
 
 def test_preceding_ids_pad_on_the_left():

@@ -184,10 +184,11 @@ def test_graphed_steps_never_wait_for_the_device(kind, tier, text, tmp_path):  #
 
 
 @torch.no_grad()
-def test_deferred_sublayers_plan_once_the_layers_before_them_are_queued(text, tmp_path):  # noqa: F811
+def test_deferred_sublayers_plan_once_the_layers_and_lookups_before_them_are_queued(text, tmp_path):  # noqa: F811
     """With ``defer_sublayers`` a step queues the embedding and the layers before the first
-    sublayer, then plans every sublayer (in order), then runs them: the host's planning
-    overlaps those layers on a device. Without it, everything is planned first."""
+    sublayer, then plans that sublayer and runs it, then plans the later ones: the host's
+    planning overlaps the layers and the lookup before it on a device. Without it,
+    everything is planned first."""
     decoder = _reader("l3", "pinned", tmp_path, text)  # sublayers before layers 1 and 2
     rows = _sequences(text, NEW)
     events = []
@@ -203,7 +204,7 @@ def test_deferred_sublayers_plan_once_the_layers_before_them_are_queued(text, tm
     ids_B1 = torch.stack([rows[r][n] for r, n in enumerate(PROMPT_LENGTHS)])[:, None]
     for defer, want in (
         (False, ["plan 1", "plan 2", "layer 0", "run 1", "layer 1", "run 2", "layer 2"]),
-        (True, ["layer 0", "plan 1", "plan 2", "run 1", "layer 1", "run 2", "layer 2"]),
+        (True, ["layer 0", "plan 1", "run 1", "plan 2", "layer 1", "run 2", "layer 2"]),
     ):
         steps.reset()
         decoder.decode(_prompts(rows), steps.cache, lengths=PROMPT_LENGTHS)

@@ -13,10 +13,12 @@ device synchronisation ("wall"):
   table (its direct row copies, its CPU gather into a staging buffer, and its prefetch as
   dispatched);
 - a pool of ``--pool_rows`` rows given on the device (an L³ step's pool at batch 64, about
-  1,000 rows): each table's fetch as L³ issues it on the planning stream, the pinned table's
-  UVA gather launched alone on the calling stream, and, as a candidate that the library does
-  not use, torch's ``index_select`` over a CUDA view of the pinned table (UVA), checked equal
-  to the table's rows first.
+  1,000 rows): each table's fetch as L³ issues it on the planning stream (a gather there),
+  the pinned table's prefetch issued on the planning stream (L³'s path before session 13: a
+  hop to the table's side stream), the pinned table's UVA gather launched alone on the
+  calling stream, by the library (the compiled kernel launched directly) and by Triton's
+  dispatch, and, as a candidate that the library does not use, torch's ``index_select`` over a
+  CUDA view of the pinned table (UVA), checked equal to the table's rows first.
 """
 
 import argparse
@@ -25,10 +27,12 @@ import time
 from collections.abc import Callable
 
 import torch
+import triton
 
 from embedkit.backends.gpu import GPUBackend
 from embedkit.backends.pinned import PREFETCH_PROGRAMS_PER_SM, PinnedCPUBackend
-from embedkit_l3.layer_planning import _planning_fetch
+from embedkit.backends.uva_gather import NUM_WARPS, _gather_kernel, plan_for
+from embedkit_l3.layer_planning import _planning_fetch, _planning_stream
 
 
 def median_us(call: Callable[[], object], calls: int, *, with_sync: bool) -> float:
@@ -65,7 +69,8 @@ def main() -> None:
     gpu = GPUBackend(num_rows=args.rows, dim=args.dim).to(device)
     pinned = PinnedCPUBackend(num_rows=args.rows, dim=args.dim)
     generator = torch.Generator().manual_seed(0)
-    print(f"{torch.cuda.get_device_name(device)}; median us over {args.calls} calls")
+    name = torch.cuda.get_device_name(device)
+    print(f"{name}, Triton {triton.__version__}; median us over {args.calls} calls")
     for count in (1, 64):
         rows_N = torch.randint(0, args.rows, (count,), generator=generator)
         paths = {
@@ -103,10 +108,38 @@ def pool_paths(
     is left out, with the reason printed, if the view cannot be made or reads other rows."""
     sms = torch.cuda.get_device_properties(pool_M.device).multi_processor_count
     programs = PREFETCH_PROGRAMS_PER_SM * sms
+    planning = _planning_stream(pool_M.device)
+
+    def prefetch_on_planning_stream() -> torch.Tensor:
+        with torch.cuda.stream(planning):
+            fetched = pinned.prefetch(pool_M)
+            done = torch.cuda.Event()
+            done.record(planning)
+        rows_MD = fetched.wait()
+        torch.cuda.current_stream().wait_event(done)
+        return rows_MD
+
+    def triton_dispatch() -> torch.Tensor:
+        out_MD = torch.empty(len(pool_M), pinned.dim, device=pool_M.device)
+        plan = plan_for(pinned.dim * pinned.dtype.itemsize)
+        table_RW, out_MW = pinned.host_table.view(plan.word_dtype), out_MD.view(plan.word_dtype)
+        grid = (triton.cdiv(len(pool_M), plan.block_n), plan.num_w_blocks)
+        _gather_kernel[grid](
+            table_RW, pool_M, out_MW, len(pool_M), pinned.num_rows,
+            ROW_WORDS=plan.row_words, BLOCK_N=plan.block_n, BLOCK_W=plan.block_w,
+            num_warps=NUM_WARPS,
+        )  # fmt: skip
+        return out_MD
+
     paths = {
-        "gpu prefetch, planning stream (L³)": lambda: _planning_fetch(gpu, pool_M).wait(),
-        "pinned prefetch, planning stream (L³)": lambda: _planning_fetch(pinned, pool_M).wait(),
-        "pinned UVA gather alone": lambda: pinned._gather_on_device(pool_M, max_programs=programs),
+        "gpu, planning stream (L³)": lambda: _planning_fetch(gpu, pool_M).wait(),
+        "pinned, planning stream (L³)": lambda: _planning_fetch(pinned, pool_M).wait(),
+        "pinned prefetch, planning stream (before)": prefetch_on_planning_stream,
+        "pinned UVA gather alone": lambda: pinned._gather_on_device(pool_M),
+        "pinned UVA gather, 2 programs/SM": lambda: pinned._gather_on_device(
+            pool_M, max_programs=programs
+        ),
+        "pinned UVA gather, Triton's dispatch": triton_dispatch,
     }
     try:
         view_RD = uva_view(pinned, pool_M)

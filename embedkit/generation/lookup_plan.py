@@ -3,11 +3,13 @@
 ``Decoder.decode`` hands each part what it fetched. Off-device tables (pinned CPU memory, Zarr)
 are then read while the layers before their first use run.
 
-Sublayers' fetches may be deferred (``defer_sublayers``): they start when the first of them
-asks for its rows, i.e. once the layers before it are queued. With CUDA-graphed steps the host
-is far ahead of the device, so its planning (pooling, staging, launches) then overlaps those
-layers instead of keeping the device idle after sampling's sync; the rows still move while the
-layers run. Eager steps keep the host busy launching those layers, so they start every fetch
+Sublayers' fetches may be deferred (``defer_sublayers``): the first of them starts when it
+asks for its rows, i.e. once the layers before it are queued, and the others once it has run
+(its lookup is queued too), in order of use. With CUDA-graphed steps the host is far ahead of
+the device, so its planning (pooling, staging, launches) then overlaps those layers instead of
+keeping the device idle after sampling's sync, and the later sublayers' planning overlaps the
+first one's lookup instead of delaying its launch; the rows still move while the layers before
+them run. Eager steps keep the host busy launching those layers, so they start every fetch
 first.
 
 Legend: B = batch rows, T = new positions, W = preceding ids a part reads.
@@ -34,24 +36,29 @@ INPUT_EMBEDDING = "input_embedding"  # the plan's key of the input embedding; su
 class LookupPlan:
     """The rows in flight for one ``Decoder.decode`` call, per part (``INPUT_EMBEDDING`` or a
     sublayer's key, the index of the layer it runs before); ``deferred``: parts whose fetch
-    starts, all together and in order of use, when the first of them asks for its rows."""
+    starts, in order of use, when they or a later part ask for their rows, or once a part has
+    run (``start_deferred``)."""
 
     planned: dict[str, object]
     deferred: dict[str, Callable[[], object | None]] = field(default_factory=dict)
 
     def of(self, part: str) -> object | None:
-        """What ``part`` fetched, or ``None`` (the part runs its plain forward)."""
+        """What ``part`` fetched, or ``None`` (the part runs its plain forward). A deferred
+        part starts its fetch now, after those deferred before it."""
         if part in self.deferred:
-            self.start_deferred()
+            self.start_deferred(until=part)
         return self.planned.get(part)
 
-    def start_deferred(self) -> None:
-        """Start the deferred parts' fetches now."""
-        starts, self.deferred = self.deferred, {}
-        for part, start in starts.items():
-            rows = start()
+    def start_deferred(self, *, until: str | None = None) -> None:
+        """Start the deferred parts' fetches now, in order of use: all of them, or those up to
+        and including part ``until``."""
+        while self.deferred:
+            part = next(iter(self.deferred))
+            rows = self.deferred.pop(part)()
             if rows is not None:
                 self.planned[part] = rows
+            if part == until:
+                return
 
 
 def preceding_ids(history: Sequence[Sequence[int]], width: int) -> torch.Tensor:

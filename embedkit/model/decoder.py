@@ -280,14 +280,20 @@ class Decoder(nn.Module):
     ) -> torch.Tensor:
         """The sublayer before layer ``index`` over new positions (from its planned rows when
         ``plan`` has them); ``hidden_BTD`` itself where there is none. Sublayers are per
-        position: L³ reads the new ids only."""
+        position: L³ reads the new ids only. Once it is queued, the deferred fetches of the
+        plan's later sublayers start."""
         if str(index) not in self.sublayers:
             return hidden_BTD
         sublayer = self.sublayers[str(index)]
-        planned = plan.of(str(index)) if plan is not None else None
-        if planned is not None:
-            return sublayer.forward_planned(hidden_BTD, planned)
-        return sublayer(hidden_BTD, ids_BT)
+        if plan is None:
+            return sublayer(hidden_BTD, ids_BT)
+        planned = plan.of(str(index))
+        if planned is None:
+            hidden_BTD = sublayer(hidden_BTD, ids_BT)
+        else:
+            hidden_BTD = sublayer.forward_planned(hidden_BTD, planned)
+        plan.start_deferred()  # the later sublayers' fetches, now that this one is queued
+        return hidden_BTD
 
     def logits(self, hidden_BLD: torch.Tensor) -> torch.Tensor:
         """Output logits [B, L, V] from final hidden states."""

@@ -67,19 +67,18 @@ class _Pool:
 
 
 class _AfterPlanning(RowsHandle):
-    """A table's fetch queued on the planning stream: ``wait`` orders the current stream after
-    it, and marks its rows as used there (they were allocated on the planning stream)."""
+    """A table's rows gathered on the planning stream: ``wait`` orders the current stream after
+    the gather, and marks its rows as used there (they were allocated on the planning stream)."""
 
-    def __init__(self, fetched: RowsHandle, done: torch.cuda.Event) -> None:
-        self._fetched = fetched
+    def __init__(self, rows_MD: torch.Tensor, done: torch.cuda.Event) -> None:
+        self._rows_MD = rows_MD
         self._done = done
 
     def wait(self) -> torch.Tensor:
-        rows_MD = self._fetched.wait()
-        stream = torch.cuda.current_stream(rows_MD.device)
+        stream = torch.cuda.current_stream(self._rows_MD.device)
         stream.wait_event(self._done)
-        rows_MD.record_stream(stream)
-        return rows_MD
+        self._rows_MD.record_stream(stream)
+        return self._rows_MD
 
 
 class PlannedTables:
@@ -222,7 +221,9 @@ def _planning_stream(device: torch.device) -> torch.cuda.Stream:
     index = torch.cuda.current_device() if device.index is None else device.index
     stream = _PLANNING_STREAMS.get(index)
     if stream is None:
-        stream = _PLANNING_STREAMS[index] = torch.cuda.Stream(index)
+        # High priority: its copies and gathers wait on PCIe, not on the SMs, and should not
+        # queue behind the layers they overlap.
+        stream = _PLANNING_STREAMS[index] = torch.cuda.Stream(index, priority=-1)
     return stream
 
 
@@ -246,14 +247,16 @@ def _send(
 
 
 def _planning_fetch(table: EmbeddingBackend, rows_M: torch.Tensor) -> RowsHandle:
-    """``table.prefetch(rows_M)`` (rows on the device, sent on the planning stream) issued on
-    the planning stream, so that it waits for their copy only."""
+    """``table``'s rows ``rows_M`` (on the device, sent on the planning stream) gathered on the
+    planning stream, so that the gather waits for their copy only. ``gather`` rather than
+    ``prefetch``: the planning stream already runs beside the current one, and a prefetch's own
+    side stream and events would cost the host more than the gather's launch."""
     planning = _planning_stream(rows_M.device)
     with torch.cuda.stream(planning):
-        fetched = table.prefetch(rows_M)
+        rows_MD = table.gather(rows_M)
         done = torch.cuda.Event()
         done.record(planning)
-    return _AfterPlanning(fetched, done)
+    return _AfterPlanning(rows_MD, done)
 
 
 def _takes_device_rows(table: EmbeddingBackend, device: torch.device, num_rows: int) -> bool:
