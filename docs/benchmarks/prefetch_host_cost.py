@@ -16,9 +16,10 @@ device synchronisation ("wall"):
   1,000 rows): each table's fetch as L³ issues it on the planning stream (a gather there),
   the pinned table's prefetch issued on the planning stream (L³'s path before session 13: a
   hop to the table's side stream), the pinned table's UVA gather launched alone on the
-  calling stream, by the library (the compiled kernel launched directly) and by Triton's
-  dispatch, and, as a candidate that the library does not use, torch's ``index_select`` over a
-  CUDA view of the pinned table (UVA), checked equal to the table's rows first.
+  calling stream (its capped grid; an uncapped one; an uncapped one by Triton's dispatch
+  without the library's checks), and, as a candidate that the library does not use,
+  torch's ``index_select`` over a CUDA view of the pinned table (UVA), checked equal to the
+  table's rows first.
 """
 
 import argparse
@@ -30,7 +31,7 @@ import torch
 import triton
 
 from embedkit.backends.gpu import GPUBackend
-from embedkit.backends.pinned import PREFETCH_PROGRAMS_PER_SM, PinnedCPUBackend
+from embedkit.backends.pinned import PinnedCPUBackend
 from embedkit.backends.uva_gather import NUM_WARPS, _gather_kernel, plan_for
 from embedkit_l3.layer_planning import _planning_fetch, _planning_stream
 
@@ -106,8 +107,6 @@ def pool_paths(
 ) -> dict[str, Callable[[], object]]:
     """The ways to fetch the rows ``pool_M`` (on the device) of each table. The UVA view's path
     is left out, with the reason printed, if the view cannot be made or reads other rows."""
-    sms = torch.cuda.get_device_properties(pool_M.device).multi_processor_count
-    programs = PREFETCH_PROGRAMS_PER_SM * sms
     planning = _planning_stream(pool_M.device)
 
     def prefetch_on_planning_stream() -> torch.Tensor:
@@ -136,8 +135,8 @@ def pool_paths(
         "pinned, planning stream (L³)": lambda: _planning_fetch(pinned, pool_M).wait(),
         "pinned prefetch, planning stream (before)": prefetch_on_planning_stream,
         "pinned UVA gather alone": lambda: pinned._gather_on_device(pool_M),
-        "pinned UVA gather, 2 programs/SM": lambda: pinned._gather_on_device(
-            pool_M, max_programs=programs
+        "pinned UVA gather, uncapped grid": lambda: pinned._gather_on_device(
+            pool_M, max_programs=len(pool_M)
         ),
         "pinned UVA gather, Triton's dispatch": triton_dispatch,
     }

@@ -6,7 +6,7 @@ Run from the repository root on a CUDA machine (random weights, as `embedkit ben
     python docs/benchmarks/profile_decode.py [--run l3|scone] [--batch B]
         [--programs_per_sm N] [--trace DIR]
 
-``--programs_per_sm`` overrides the pinned prefetch's ``PREFETCH_PROGRAMS_PER_SM`` before the
+``--programs_per_sm`` overrides the pinned gather's ``PROGRAMS_PER_SM`` before the
 tables are built (10**6: one program per block of rows, the grid before session 7);
 ``--trace`` writes each tier's timeline as ``DIR/decode-<tier>.json`` (Chrome trace format:
 open it in Perfetto to see when the gathers run against the graphs' kernels).
@@ -39,7 +39,7 @@ def main() -> None:
     parser.add_argument("--trace", type=Path, default=None)
     args = parser.parse_args()
     if args.programs_per_sm is not None:
-        pinned.PREFETCH_PROGRAMS_PER_SM = args.programs_per_sm
+        pinned.PROGRAMS_PER_SM = args.programs_per_sm
     device = torch.device("cuda")
     overlays = overlay_paths("recipes/storage", ["gpu", "pinned"])
     with tempfile.TemporaryDirectory() as work:

@@ -1,13 +1,13 @@
 """``PinnedCPUBackend``: a frozen table in page-locked host memory, read by the GPU directly.
 
 On CUDA, ``gather`` is a Triton kernel reading rows from host memory through UVA
-(``embedkit.backends.uva_gather``), and ``prefetch`` runs it on a side stream with a grid of
-``PREFETCH_PROGRAMS_PER_SM`` programs per SM (it overlaps compute), except for a
-few rows given on the host (a decoding step's SCONE rows), copied on the caller's stream: up
-to ``DIRECT_COPY_ROWS`` rows straight from the pinned table, one asynchronous copy each; up to
-``SMALL_PREFETCH_BYTES`` gathered by the CPU into pinned memory first, for one copy. Both cost
-the host less than a kernel on a side stream; without CUDA, ``index_select`` (``prefetch`` in a
-background thread).
+(``embedkit.backends.uva_gather``) with a grid of ``PROGRAMS_PER_SM`` programs per SM (it may
+overlap compute: L³ gathers a step's pool on its planning stream), and ``prefetch`` runs it on
+a side stream, except for a few rows given on the host (a decoding step's SCONE rows), copied
+on the caller's stream: up to ``DIRECT_COPY_ROWS`` rows straight from the pinned table, one
+asynchronous copy each; up to ``SMALL_PREFETCH_BYTES`` gathered by the CPU into pinned memory
+first, for one copy. Both cost the host less than a kernel on a side stream. Without CUDA,
+``index_select`` (``prefetch`` in a background thread).
 Rows given on the host (the normal case) are validated (``IndexError``); rows already on the
 GPU are not, as that needs a host sync: the kernel yields a zero row for an out-of-range
 index and never reads outside the table.
@@ -38,11 +38,12 @@ DIRECT_COPY_ROWS = 4
 # Host rows up to this many bytes are prefetched by a CPU gather and one copy: the kernel's
 # launch, side stream and event cost the host more than the gather itself.
 SMALL_PREFETCH_BYTES = 256 * 1024
-# A prefetch overlaps compute: its kernel runs at most this many programs per SM (each moving
-# several 4 KiB blocks), so that its loads, which wait on PCIe, leave most of every SM to the
-# kernels it overlaps. Two per SM keep ~1 MB in flight on an H100, ten times PCIe's
-# bandwidth-delay product.
-PREFETCH_PROGRAMS_PER_SM = 2
+# A gather may overlap compute (a prefetch, or L³'s pool gathered on its planning stream): its
+# kernel runs at most this many programs per SM (each moving several 4 KiB blocks), so that its
+# loads, which wait on PCIe, leave most of every SM to the kernels it overlaps. Two per SM keep
+# ~1 MB in flight on an H100, ten times PCIe's bandwidth-delay product. (Session 8, H100: an
+# uncapped pool gather ran 95 us against 112 us, but made the decode step 0.5 ms slower.)
+PROGRAMS_PER_SM = 2
 
 
 class StreamRows(RowsHandle):
@@ -100,7 +101,7 @@ class PinnedCPUBackend(EmbeddingBackend):
         pin = torch.cuda.is_available()
         self._table_RD = torch.empty(num_rows, dim, dtype=dtype, pin_memory=pin)
         self._side_stream: torch.cuda.Stream | None = None
-        self._prefetch_programs: int | None = None  # set with the side stream
+        self._max_programs: int | None = None  # set at the first gather on CUDA
         self._executor: ThreadPoolExecutor | None = None
         self._last_future: Future | None = None
         self._gpu_reads = False
@@ -150,11 +151,18 @@ class PinnedCPUBackend(EmbeddingBackend):
         out: torch.Tensor | None = None,
         max_programs: int | None = None,
     ) -> torch.Tensor:
+        """The UVA gather on the current stream, at most ``max_programs`` programs along the
+        rows (``None``: ``PROGRAMS_PER_SM`` per SM)."""
         from embedkit.backends.uva_gather import gather_rows
 
         rows_dev_N = self._rows_on_device(rows_N)
         if out is None:
             out = torch.empty(rows_N.numel(), self.dim, dtype=self.dtype, device=self._device)
+        if max_programs is None:
+            if self._max_programs is None:
+                sms = torch.cuda.get_device_properties(self._device).multi_processor_count
+                self._max_programs = PROGRAMS_PER_SM * sms
+            max_programs = self._max_programs
         gather_rows(self._table_RD, rows_dev_N, out, max_programs=max_programs)
         self._gpu_reads = True
         return out
@@ -185,13 +193,11 @@ class PinnedCPUBackend(EmbeddingBackend):
             # High priority: the gather waits on PCIe, not on the SMs, so it should not queue
             # behind the compute kernels it is meant to overlap.
             self._side_stream = torch.cuda.Stream(self._device, priority=-1)
-            sms = torch.cuda.get_device_properties(self._device).multi_processor_count
-            self._prefetch_programs = PREFETCH_PROGRAMS_PER_SM * sms
         side = self._side_stream
         if rows_N.is_cuda:
             side.wait_stream(consumer)  # rows_N was produced by work queued on the consumer
         with torch.cuda.stream(side):
-            rows_ND = self._gather_on_device(rows_N, max_programs=self._prefetch_programs)
+            rows_ND = self._gather_on_device(rows_N)
             ready = torch.cuda.Event()
             ready.record(side)
         if rows_N.is_cuda:
