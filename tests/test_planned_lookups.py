@@ -26,11 +26,11 @@ from embedkit.generation.lookup_plan import (
     plan_lookups,
     preceding_ids,
 )
+from embedkit.interfaces import StreamRows
 from embedkit.model.decoder import Decoder
 from embedkit_dense.swiglu import SwiGLU
 from embedkit_l3.allocation import LZWAllocation
 from embedkit_l3.layer import L3Layer
-from embedkit_l3.layer_planning import _AfterPlanning
 from embedkit_scone.embedding import SconeEmbedding
 from embedkit_scone.vocab import FGramVocab
 from tests.support.interpreter import needs_triton
@@ -234,7 +234,7 @@ def test_l3_pool_fetch_does_not_wait_for_the_queued_layers(tier, text, tmp_path)
     consumer = torch.cuda.current_stream()
     torch.cuda._sleep(4_000_000_000)  # a few seconds of queued work
     planned = layer._plan_pool(ids_P + 1, device)
-    assert isinstance(planned.keys, _AfterPlanning), (planned.keys, layer.key_table.device)
+    assert isinstance(planned.keys, StreamRows), (planned.keys, layer.key_table.device)
     fetched = planned.keys._done  # recorded on the planning stream after the fetch
     deadline = time.monotonic() + 60
     while not fetched.query() and time.monotonic() < deadline:

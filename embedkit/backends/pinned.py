@@ -29,7 +29,7 @@ from embedkit.backends.raw_table import TABLE_FILE as TABLE_FILE  # re-exported:
 from embedkit.backends.raw_table import read_raw_table, save_raw_table
 from embedkit.backends.validation import check_block, check_rows, resolve_device
 from embedkit.dtypes import DTypeName, dtype_from_name
-from embedkit.interfaces import EmbeddingBackend, ReadyRows, RowsHandle
+from embedkit.interfaces import EmbeddingBackend, ReadyRows, RowsHandle, StreamRows
 
 TIER = "pinned"
 # Host rows up to this many are prefetched by one asynchronous copy each, straight from the
@@ -44,20 +44,6 @@ SMALL_PREFETCH_BYTES = 256 * 1024
 # ~1 MB in flight on an H100, ten times PCIe's bandwidth-delay product. (Session 8, H100: an
 # uncapped pool gather ran 95 us against 112 us, but made the decode step 0.5 ms slower.)
 PROGRAMS_PER_SM = 2
-
-
-class StreamRows(RowsHandle):
-    """Rows being gathered on a side stream; ``wait`` orders the current stream after them."""
-
-    def __init__(self, rows_ND: torch.Tensor, ready: torch.cuda.Event) -> None:
-        self._rows_ND = rows_ND
-        self._ready = ready
-
-    def wait(self) -> torch.Tensor:
-        stream = torch.cuda.current_stream(self._rows_ND.device)
-        stream.wait_event(self._ready)
-        self._rows_ND.record_stream(stream)  # allocated on the side stream, used on this one
-        return self._rows_ND
 
 
 class ThreadRows(RowsHandle):

@@ -1,7 +1,13 @@
 """The interfaces every embedkit component implements (see docs/architecture.md)."""
 
 from embedkit.interfaces.auxiliary import AuxiliaryLosses, TrainingCost, TrainingMetrics
-from embedkit.interfaces.backend import EmbeddingBackend, ReadyRows, RowsHandle, TableFactory
+from embedkit.interfaces.backend import (
+    EmbeddingBackend,
+    ReadyRows,
+    RowsHandle,
+    StreamRows,
+    TableFactory,
+)
 from embedkit.interfaces.data_connected import DataConnected
 from embedkit.interfaces.feed_forward import FeedForward
 from embedkit.interfaces.input_embedding import InputEmbedding
@@ -21,6 +27,7 @@ __all__ = [
     "Router",
     "Routes",
     "RowsHandle",
+    "StreamRows",
     "Sublayer",
     "TableFactory",
     "TrainingCost",

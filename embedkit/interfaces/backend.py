@@ -32,6 +32,22 @@ class ReadyRows(RowsHandle):
         return self._rows_ND
 
 
+class StreamRows(RowsHandle):
+    """Rows being gathered on another CUDA stream, whose ``ready`` event is recorded after the
+    gather: ``wait`` orders the current stream after it and marks the rows as used there
+    (they were allocated on the other stream)."""
+
+    def __init__(self, rows_ND: torch.Tensor, ready: torch.cuda.Event) -> None:
+        self._rows_ND = rows_ND
+        self._ready = ready
+
+    def wait(self) -> torch.Tensor:
+        stream = torch.cuda.current_stream(self._rows_ND.device)
+        stream.wait_event(self._ready)
+        self._rows_ND.record_stream(stream)
+        return self._rows_ND
+
+
 class EmbeddingBackend(metaclass=PluginInterface):
     """Storage of one lookup table: gather rows, prefetch them ahead of use, write them in bulk.
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from embedkit.dtypes import compute_dtype
-from embedkit.interfaces import EmbeddingBackend, RowsHandle
+from embedkit.interfaces import EmbeddingBackend, RowsHandle, StreamRows
 from embedkit_l3.token_attention import LookupPlan, plan_lookup
 
 if TYPE_CHECKING:
@@ -64,21 +64,6 @@ class _Pool:
     rows_M: torch.Tensor
     rows_on_device_M: torch.Tensor
     sent: torch.cuda.Event | None
-
-
-class _AfterPlanning(RowsHandle):
-    """A table's rows gathered on the planning stream: ``wait`` orders the current stream after
-    the gather, and marks its rows as used there (they were allocated on the planning stream)."""
-
-    def __init__(self, rows_MD: torch.Tensor, done: torch.cuda.Event) -> None:
-        self._rows_MD = rows_MD
-        self._done = done
-
-    def wait(self) -> torch.Tensor:
-        stream = torch.cuda.current_stream(self._rows_MD.device)
-        stream.wait_event(self._done)
-        self._rows_MD.record_stream(stream)
-        return self._rows_MD
 
 
 class PlannedTables:
@@ -256,7 +241,7 @@ def _planning_fetch(table: EmbeddingBackend, rows_M: torch.Tensor) -> RowsHandle
         rows_MD = table.gather(rows_M)
         done = torch.cuda.Event()
         done.record(planning)
-    return _AfterPlanning(rows_MD, done)
+    return StreamRows(rows_MD, done)
 
 
 def _takes_device_rows(table: EmbeddingBackend, device: torch.device, num_rows: int) -> bool:
