@@ -107,6 +107,25 @@ def test_rows_on_the_device_give_the_host_rows_rows(backend_cls, dtype_name, row
     assert torch.equal(_integer_view(backend.prefetch(on_device_N).wait().cpu()), expected_ND)
 
 
+def test_a_gather_from_device_rows_queues_on_the_current_stream(backend_cls):
+    """Callers with rows on a CUDA device may gather on a stream of their own (L³'s planning
+    stream): the gather queues there, after the work that produced the rows on it."""
+    backend, reference = _filled(backend_cls, "float32")
+    if not (backend.reads_device_rows and backend.device.type == "cuda"):
+        return  # host rows only, or no CUDA: the tests above cover it
+    rows_N = ROW_SETS["random"]
+    source_N = rows_N.to(backend.device)
+    on_device_N = torch.zeros_like(source_N)  # row 0 until the side stream writes the rows
+    side = torch.cuda.Stream(backend.device)
+    side.wait_stream(torch.cuda.current_stream(backend.device))
+    with torch.cuda.stream(side):
+        torch.cuda._sleep(50_000_000)  # a gather on another stream would run before the copy
+        on_device_N.copy_(source_N)
+        gathered_ND = backend.gather(on_device_N)
+    torch.cuda.current_stream(backend.device).wait_stream(side)
+    assert torch.equal(_integer_view(gathered_ND.cpu()), _integer_view(reference(rows_N)))
+
+
 def test_partial_write_round_trips(backend_cls, dtype_name):
     backend, reference = _filled(backend_cls, dtype_name)
     block = torch.full((5, DIM), 1.5, dtype=DTYPES[dtype_name])

@@ -81,8 +81,9 @@ class EmbeddingBackend(metaclass=PluginInterface):
     def reads_device_rows(self) -> bool:
         """Whether ``gather`` and ``prefetch`` take rows already on ``device`` without a host
         synchronisation (unvalidated: out-of-range rows are the caller's error). Callers whose
-        rows are there, e.g. sent once for several tables, then pass them so. ``False`` (the
-        default): pass rows on the host."""
+        rows are there, e.g. sent once for several tables, then pass them so, and may call
+        ``gather`` on a side stream of their own (L³'s planning stream): it must queue its
+        work on the current stream. ``False`` (the default): pass rows on the host."""
         return False
 
     @abstractmethod
