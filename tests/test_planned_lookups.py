@@ -235,7 +235,7 @@ def test_l3_pool_fetch_does_not_wait_for_the_queued_layers(tier, text, tmp_path)
     torch.cuda._sleep(4_000_000_000)  # a few seconds of queued work
     planned = layer._plan_pool(ids_P + 1, device)
     assert isinstance(planned.keys, StreamRows), (planned.keys, layer.key_table.device)
-    fetched = planned.keys._ready  # recorded on the planning stream after the gather
+    fetched = planned.keys.ready  # recorded on the planning stream after the gather
     deadline = time.monotonic() + 60
     while not fetched.query() and time.monotonic() < deadline:
         time.sleep(0.001)

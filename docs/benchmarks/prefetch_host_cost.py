@@ -16,10 +16,9 @@ device synchronisation ("wall"):
   1,000 rows): each table's fetch as L³ issues it on the planning stream (a gather there),
   the pinned table's prefetch issued on the planning stream (L³'s path before session 13: a
   hop to the table's side stream), the pinned table's UVA gather launched alone on the
-  calling stream (its capped grid; an uncapped one; an uncapped one by Triton's dispatch
-  without the library's checks), and, as a candidate that the library does not use,
-  torch's ``index_select`` over a CUDA view of the pinned table (UVA), checked equal to the
-  table's rows first.
+  calling stream (its capped grid, and an uncapped one), and, as a candidate that the
+  library does not use, torch's ``index_select`` over a CUDA view of the pinned table (UVA),
+  checked equal to the table's rows first.
 """
 
 import argparse
@@ -28,11 +27,9 @@ import time
 from collections.abc import Callable
 
 import torch
-import triton
 
 from embedkit.backends.gpu import GPUBackend
 from embedkit.backends.pinned import PinnedCPUBackend
-from embedkit.backends.uva_gather import NUM_WARPS, _gather_kernel, plan_for
 from embedkit_l3.layer_planning import _planning_fetch, _planning_stream
 
 
@@ -56,7 +53,7 @@ def report(paths: dict[str, Callable[[], object]], calls: int, label: str) -> No
     for name, call in paths.items():
         host = median_us(call, calls, with_sync=False)
         wall = median_us(call, calls, with_sync=True)
-        print(f"  {label}{name:38s} host {host:7.1f}  wall {wall:7.1f}")
+        print(f"  {label}{name:42s} host {host:7.1f}  wall {wall:7.1f}")
 
 
 def main() -> None:
@@ -70,8 +67,7 @@ def main() -> None:
     gpu = GPUBackend(num_rows=args.rows, dim=args.dim).to(device)
     pinned = PinnedCPUBackend(num_rows=args.rows, dim=args.dim)
     generator = torch.Generator().manual_seed(0)
-    name = torch.cuda.get_device_name(device)
-    print(f"{name}, Triton {triton.__version__}; median us over {args.calls} calls")
+    print(f"{torch.cuda.get_device_name(device)}; median us over {args.calls} calls")
     for count in (1, 64):
         rows_N = torch.randint(0, args.rows, (count,), generator=generator)
         paths = {
@@ -118,18 +114,6 @@ def pool_paths(
         torch.cuda.current_stream().wait_event(done)
         return rows_MD
 
-    def triton_dispatch() -> torch.Tensor:
-        out_MD = torch.empty(len(pool_M), pinned.dim, device=pool_M.device)
-        plan = plan_for(pinned.dim * pinned.dtype.itemsize)
-        table_RW, out_MW = pinned.host_table.view(plan.word_dtype), out_MD.view(plan.word_dtype)
-        grid = (triton.cdiv(len(pool_M), plan.block_n), plan.num_w_blocks)
-        _gather_kernel[grid](
-            table_RW, pool_M, out_MW, len(pool_M), pinned.num_rows,
-            ROW_WORDS=plan.row_words, BLOCK_N=plan.block_n, BLOCK_W=plan.block_w,
-            num_warps=NUM_WARPS,
-        )  # fmt: skip
-        return out_MD
-
     paths = {
         "gpu, planning stream (L³)": lambda: _planning_fetch(gpu, pool_M).wait(),
         "pinned, planning stream (L³)": lambda: _planning_fetch(pinned, pool_M).wait(),
@@ -138,7 +122,6 @@ def pool_paths(
         "pinned UVA gather, uncapped grid": lambda: pinned._gather_on_device(
             pool_M, max_programs=len(pool_M)
         ),
-        "pinned UVA gather, Triton's dispatch": triton_dispatch,
     }
     try:
         view_RD = uva_view(pinned, pool_M)

@@ -41,6 +41,11 @@ class StreamRows(RowsHandle):
         self._rows_ND = rows_ND
         self._ready = ready
 
+    @property
+    def ready(self) -> torch.cuda.Event:
+        """The event recorded after the gather (``ready.query()``: whether it has run)."""
+        return self._ready
+
     def wait(self) -> torch.Tensor:
         stream = torch.cuda.current_stream(self._rows_ND.device)
         stream.wait_event(self._ready)
